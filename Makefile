@@ -1,0 +1,33 @@
+# Lethe: the two commands a fresh machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The versions this machine has on disk; other ones download gigabytes or fail to import together.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+export LETHE_S3_ENDPOINT ?= 127.0.0.1:9900
+export LETHE_S3_PORT ?= 9900
+PYTEST_ARGS ?=
+
+.PHONY: venv install test services clean-services help
+
+help:
+	@echo "make test  - install what the tests need, start PostgreSQL/Redis/S3 on loopback, run pytest"
+	@echo "make run   - (arrives with the service issue)"
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+
+# Re-installs only when the project's dependency list changes.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e '.[test]' $(TORCH_PINS)
+	touch $@
+
+venv install: $(VENV)/.installed
+
+services: install
+	bash scripts/ensure-services.sh $(VENV)/bin
+
+test: install services
+	$(PY) -m pytest $(PYTEST_ARGS)

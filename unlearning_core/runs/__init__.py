@@ -1,0 +1,1 @@
+"""Training runs as stored artifacts: spec, index, ledger, train and open."""

@@ -1,0 +1,78 @@
+"""The sample -> batches index of a run, stored as CSR arrays in safetensors.
+
+Step s covers ``positions[ptr[s]:ptr[s+1]]`` (training-set positions). The inverse
+(sample -> steps) is built in memory when needed: one argsort, no per-request scan of
+update blobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from unlearning_core.training.batching import BatchPlan
+
+
+@dataclass(frozen=True)
+class StepIndex:
+    epochs: np.ndarray  # [S] int32
+    batches: np.ndarray  # [S] int32
+    ptr: np.ndarray  # [S+1] int64
+    positions: np.ndarray  # [sum batch sizes] int32
+
+    @classmethod
+    def from_plan(cls, plan: BatchPlan) -> StepIndex:
+        epochs, batches, sizes, chunks = [], [], [0], []
+        for e, epoch in enumerate(plan):
+            for b, pos in enumerate(epoch):
+                epochs.append(e)
+                batches.append(b)
+                sizes.append(len(pos))
+                chunks.append(np.asarray(pos, dtype=np.int32))
+        return cls(
+            epochs=np.asarray(epochs, dtype=np.int32),
+            batches=np.asarray(batches, dtype=np.int32),
+            ptr=np.cumsum(np.asarray(sizes, dtype=np.int64)),
+            positions=np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int32),
+        )
+
+    @property
+    def n_steps(self) -> int:
+        return int(len(self.epochs))
+
+    def step_positions(self, step: int) -> np.ndarray:
+        return self.positions[self.ptr[step] : self.ptr[step + 1]]
+
+    @cached_property
+    def _step_of_entry(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_steps), np.diff(self.ptr))
+
+    def steps_holding(self, positions: np.ndarray) -> np.ndarray:
+        """Sorted unique steps whose batch held any of ``positions``."""
+        hit = np.isin(self.positions, positions)
+        return np.unique(self._step_of_entry[hit])
+
+    def to_bytes(self) -> bytes:
+        return st_save(
+            {
+                "epochs": torch.from_numpy(self.epochs),
+                "batches": torch.from_numpy(self.batches),
+                "ptr": torch.from_numpy(self.ptr),
+                "positions": torch.from_numpy(self.positions),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StepIndex:
+        t = st_load(data)
+        return cls(
+            epochs=t["epochs"].numpy(),
+            batches=t["batches"].numpy(),
+            ptr=t["ptr"].numpy(),
+            positions=t["positions"].numpy(),
+        )

@@ -1,0 +1,106 @@
+"""What a training run was, saved as ``run.json`` beside its blobs.
+
+Everything needed to rebuild the model, reload the dataset, decode the updates and retrain
+from scratch with the same schedule lives here, so a run is self-describing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from unlearning_core.recording import PruneSchedule, UpdateFormat
+from unlearning_core.store import BlobRef
+
+
+class BlobPointer(BaseModel):
+    """A blob together with the sha256 it must still have when read."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def of(cls, ref: BlobRef) -> BlobPointer:
+        return cls(key=ref.key, sha256=ref.sha256, size=ref.size)
+
+    def ref(self) -> BlobRef:
+        return BlobRef(key=self.key, sha256=self.sha256, size=self.size)
+
+
+class DatasetSpec(BaseModel):
+    spec: str  # "digits", "fashion-mnist" or a path
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    subject_size: int | None = None
+
+
+class TrainingSpec(BaseModel):
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    seed: int
+    concentrate_class: int | None = None
+    concentrate_share: float | None = None
+
+
+class RecordingSpec(BaseModel):
+    mode: str  # none | full | partial
+    mask: str = "random"  # random | magnitude
+    mask_seed: int = 0
+    prune_first: float = 0.0
+    prune_last: float = 0.0
+    dtype: str = "float32"
+
+    def update_format(self, shapes: Mapping[str, tuple[int, ...]]) -> UpdateFormat:
+        """How updates recorded under this spec are laid out, for tensors of ``shapes``."""
+        names = list(shapes)
+        shares = (
+            PruneSchedule(self.prune_first, self.prune_last).tensor_shares(names)
+            if self.mode == "partial"
+            else dict.fromkeys(names, 0.0)
+        )
+        return UpdateFormat(
+            mode=self.mode,  # type: ignore[arg-type]
+            mask=self.mask,  # type: ignore[arg-type]
+            mask_seed=self.mask_seed,
+            dtype=self.dtype,
+            shares=shares,
+            shapes={k: tuple(v) for k, v in shapes.items()},
+        )
+
+
+class RunResults(BaseModel):
+    steps: int
+    train_seconds: float
+    stall_seconds: float
+    storage_bytes: int
+    device: str
+
+
+class RunSpec(BaseModel):
+    """Contents of ``runs/<run_id>/run.json``."""
+
+    format: int = 1
+    method: str = "amnesiac"
+    run_id: str
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    model: str
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    dataset: DatasetSpec
+    training: TrainingSpec
+    recording: RecordingSpec
+    tensors: dict[str, list[int]]  # float tensors of the state dict, in depth order
+    results: RunResults
+    initial_weights: BlobPointer
+    trained_weights: BlobPointer
+    samples: BlobPointer
+    index: BlobPointer
+    updates: BlobPointer

@@ -1,0 +1,123 @@
+"""Train a model and store it as a run: weights, index, (pruned) updates, ledger."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from unlearning_core.data import Dataset
+from unlearning_core.errors import RunError
+from unlearning_core.models import create_model
+from unlearning_core.recording import UpdateRecorder, float_state
+from unlearning_core.runs.artifact import RecordedRun, run_prefix
+from unlearning_core.runs.index import StepIndex
+from unlearning_core.runs.ledger import Ledger, VersionEntry
+from unlearning_core.runs.spec import (
+    BlobPointer,
+    DatasetSpec,
+    RecordingSpec,
+    RunResults,
+    RunSpec,
+    TrainingSpec,
+)
+from unlearning_core.store import BlobStore
+from unlearning_core.training.batching import Concentration, plan_batches
+from unlearning_core.training.loop import OptimConfig, train_plan
+from unlearning_core.weights import save_state
+
+
+def train_run(
+    store: BlobStore,
+    *,
+    run_id: str,
+    dataset: Dataset,
+    dataset_spec: DatasetSpec,
+    model_name: str,
+    training: TrainingSpec,
+    recording: RecordingSpec,
+    device: torch.device,
+    progress: bool = False,
+) -> RecordedRun:
+    """Train ``model_name`` on ``dataset.train`` and store everything unlearning needs.
+
+    Runs are immutable: an existing ``run_id`` is an error, never an overwrite.
+    """
+    prefix = run_prefix(run_id)
+    if store.exists(f"{prefix}/run.json"):
+        raise RunError(f"run {run_id!r} already exists in {store.url}; runs are immutable")
+    torch.manual_seed(training.seed)
+    model = create_model(
+        model_name,
+        in_channels=dataset.in_channels,
+        image_size=dataset.image_size,
+        num_classes=dataset.num_classes,
+    )
+    initial = save_state(store, f"{prefix}/weights/initial.safetensors", model.state_dict())
+
+    concentrate = None
+    if training.concentrate_class is not None:
+        positions = dataset.train.positions_of_class(training.concentrate_class)
+        if len(positions) == 0:
+            raise RunError(f"--concentrate names class {training.concentrate_class}, which has no samples")
+        concentrate = Concentration(positions, training.concentrate_share or 1.0)
+    plan = plan_batches(
+        len(dataset.train), epochs=training.epochs, batch_size=training.batch_size,
+        seed=training.seed, concentrate=concentrate,
+    )
+    recorder = None
+    if recording.mode != "none":
+        fmt = recording.update_format({k: tuple(v.shape) for k, v in float_state(model).items()})
+        recorder = UpdateRecorder(model, fmt=fmt, store=store, prefix=prefix)
+    optim = OptimConfig(lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay)
+    seconds = train_plan(
+        model, dataset.train, plan, optim=optim, device=device, recorder=recorder,
+        progress=progress, desc=f"train {run_id}",
+    )
+    stats = recorder.close() if recorder is not None else None
+
+    trained = save_state(store, f"{prefix}/weights/v0000.safetensors", model.state_dict())
+    index = store.put(f"{prefix}/index.safetensors", StepIndex.from_plan(plan).to_bytes())
+    samples = store.put(
+        f"{prefix}/samples.json",
+        json.dumps(
+            {
+                "sample_ids": list(dataset.train.sample_ids),
+                "subject_ids": list(dataset.train.subject_ids),
+                "labels": dataset.train.labels.tolist(),
+            }
+        ).encode(),
+    )
+    blobs = [BlobPointer.of(b.ref).model_dump() for b in stats.blobs] if stats else []
+    updates = store.put(f"{prefix}/updates.json", json.dumps(blobs).encode())
+    spec = RunSpec(
+        method="amnesiac" if recording.mode != "none" else "plain",
+        run_id=run_id,
+        model=model_name,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.in_channels,
+        image_size=dataset.image_size,
+        dataset=dataset_spec,
+        training=training,
+        recording=recording,
+        tensors={k: list(v.shape) for k, v in float_state(model).items()},
+        results=RunResults(
+            steps=sum(len(e) for e in plan),
+            train_seconds=seconds,
+            stall_seconds=stats.stall_seconds if stats else 0.0,
+            storage_bytes=stats.storage_bytes if stats else 0,
+            device=str(device),
+        ),
+        initial_weights=BlobPointer.of(initial),
+        trained_weights=BlobPointer.of(trained),
+        samples=BlobPointer.of(samples),
+        index=BlobPointer.of(index),
+        updates=BlobPointer.of(updates),
+    )
+    run = RecordedRun(store, spec)
+    run.save_ledger(
+        Ledger(versions=[VersionEntry(version=0, weights=spec.trained_weights, parent=None, method="train")])
+    )
+    # run.json last: its presence is what makes the run visible, so a crash leaves none.
+    store.put_json(f"{prefix}/run.json", spec.model_dump(mode="json"))
+    return run

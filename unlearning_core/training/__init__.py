@@ -1,0 +1,1 @@
+"""Plain torch training loops with the hooks recorded unlearning needs."""

@@ -1,0 +1,115 @@
+"""The training loop: plain torch, one optimizer step per planned batch.
+
+No framework hides the step, because the recorder has to see the state right before the
+forward pass and right after ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from unlearning_core.data import SampleSet
+from unlearning_core.recording import UpdateRecorder
+from unlearning_core.training.batching import BatchPlan
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD settings; kept with the run so recovery and relearning use the same ones."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def build(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None``/``auto`` picks CUDA when present; anything else is passed to torch."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_plan(
+    model: torch.nn.Module,
+    samples: SampleSet,
+    plan: BatchPlan,
+    *,
+    optim: OptimConfig,
+    device: torch.device,
+    recorder: UpdateRecorder | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> float:
+    """Run every planned batch once; returns wall seconds (recording included)."""
+    model.to(device).train()
+    optimizer = optim.build(model)
+    images = samples.images.to(device)
+    labels = samples.labels.to(device)
+    total = sum(len(epoch) for epoch in plan)
+    started = time.perf_counter()
+    step = 0
+    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+        for epoch, batches in enumerate(plan):
+            for b, positions in enumerate(batches):
+                idx = torch.as_tensor(positions, dtype=torch.long, device=device)
+                if recorder is not None:
+                    recorder.before_step()
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(images[idx]), labels[idx])
+                loss.backward()
+                optimizer.step()
+                if recorder is not None:
+                    recorder.after_step(step=step, epoch=epoch, batch=b)
+                step += 1
+                bar.update(1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def sgd_steps(
+    model: torch.nn.Module,
+    samples: SampleSet,
+    *,
+    steps: int,
+    batch_size: int,
+    optim: OptimConfig,
+    device: torch.device,
+    seed: int,
+    labels: torch.Tensor | None = None,
+    ascent: bool = False,
+) -> float:
+    """``steps`` SGD steps on random batches of ``samples`` (recovery, relearning, ...).
+
+    ``labels`` overrides the samples' labels (label flipping); ``ascent`` climbs the loss
+    instead of descending it (negative gradient). Returns wall seconds.
+    """
+    if steps <= 0 or len(samples) == 0:
+        return 0.0
+    model.to(device).train()
+    optimizer = optim.build(model)
+    images = samples.images.to(device)
+    targets = (samples.labels if labels is None else labels).to(device)
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    for _ in range(steps):
+        pos = rng.choice(len(samples), size=min(batch_size, len(samples)), replace=False)
+        idx = torch.as_tensor(pos, dtype=torch.long, device=device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images[idx]), targets[idx])
+        (-loss if ascent else loss).backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started

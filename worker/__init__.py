@@ -1,0 +1,1 @@
+"""Lethe workers (Celery). Arrives with the worker issue; the package exists so the distribution layout is final."""
