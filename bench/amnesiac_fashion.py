@@ -1,0 +1,108 @@
+"""Recorded training and amnesiac vs layer-wise partial amnesiac unlearning on Fashion-MNIST.
+
+Side by side in one process: the same seed trains the same model three times (recording
+none / full / partial), so the time ratios are the recording overhead; then both methods
+unlearn (a) one class concentrated in a share of the batches and (b) a 1% random-sample
+forget set, from the same trained weights (dry runs: nothing is published).
+
+    python bench/amnesiac_fashion.py [--epochs 2] [--model small-cnn] [--device auto]
+
+Prints one JSON object on the last line of stdout and writes it to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from unlearning_core.data import load_dataset
+from unlearning_core.forget import ForgetSpec
+from unlearning_core.pipeline import unlearn
+from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
+from unlearning_core.runs.train import train_run
+from unlearning_core.store import LocalBlobStore
+from unlearning_core.training.loop import resolve_device
+
+KEEP = ("forget_acc", "retain_acc", "test_acc", "macro_f1", "mia_auc", "mia_efficacy",
+        "unlearn_seconds", "relearn_steps", "batches_subtracted", "bytes_read", "original_forget_acc")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--model", default="small-cnn")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--forget-class", type=int, default=0)
+    ap.add_argument("--share", type=float, default=0.2)
+    ap.add_argument("--prune-first", type=float, default=0.99)
+    ap.add_argument("--prune-last", type=float, default=0.5)
+    ap.add_argument("--random-fraction", type=float, default=0.01)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "amnesiac_fashion.json")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset)
+    training = TrainingSpec(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9, weight_decay=0.0,
+        seed=0, concentrate_class=args.forget_class, concentrate_share=args.share,
+    )
+    result: dict = {
+        "benchmark": "amnesiac_fashion", "dataset": args.dataset, "model": args.model,
+        "device": str(device), "epochs": args.epochs, "batch_size": args.batch_size,
+        "forget_class": args.forget_class, "class_batch_share": args.share,
+        "prune_first": args.prune_first, "prune_last": args.prune_last, "training": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
+        store = LocalBlobStore(Path(tmp))
+        for mode in ("none", "full", "partial"):
+            started = time.perf_counter()
+            run = train_run(
+                store, run_id=mode, dataset=data, dataset_spec=DatasetSpec(spec=args.dataset),
+                model_name=args.model, training=training,
+                recording=RecordingSpec(mode=mode, prune_first=args.prune_first, prune_last=args.prune_last),
+                device=device, progress=True,
+            )
+            r = run.spec.results
+            result["training"][mode] = {
+                "train_seconds": r.train_seconds, "total_seconds": time.perf_counter() - started,
+                "stall_seconds": r.stall_seconds, "storage_bytes": r.storage_bytes, "steps": r.steps,
+            }
+            print(f"trained {mode}: {result['training'][mode]}", file=sys.stderr)
+        base = result["training"]["none"]["train_seconds"]
+        for mode in ("full", "partial"):
+            result["training"][mode]["overhead_vs_none"] = result["training"][mode]["train_seconds"] / base - 1
+        result["storage_partial_over_full"] = (
+            result["training"]["partial"]["storage_bytes"] / result["training"]["full"]["storage_bytes"]
+        )
+        rng = np.random.default_rng(0)
+        n = len(data.train)
+        random_ids = tuple(
+            data.train.sample_ids[i] for i in rng.choice(n, size=round(args.random_fraction * n), replace=False)
+        )
+        scenarios = {
+            "class": ForgetSpec(classes=(args.forget_class,)),
+            "random_1pct": ForgetSpec(sample_ids=random_ids),
+        }
+        for name, forget in scenarios.items():
+            result[name] = {}
+            for method, run_id in (("amnesiac", "full"), ("partial-amnesiac", "partial")):
+                out = unlearn(store, run_id=run_id, method=method, forget=forget, device=device,
+                              progress=True, publish=False)
+                result[name][method] = {k: out.get(k) for k in KEEP}
+                print(f"{name} {method}: {result[name][method]}", file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
