@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from unlearning_core.data import load_dataset
-from unlearning_core.errors import BlobIntegrityError, ForgetSetError, RunError
+from unlearning_core.errors import BlobIntegrityError, ForgetSetError, MethodError, RunError
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.methods.amnesiac import amnesiac_unlearn
+from unlearning_core.methods import UnlearnOptions
 from unlearning_core.models import register_model
 from unlearning_core.models.registry import model_names
-from unlearning_core.pipeline import unlearn
+from unlearning_core.pipeline import apply_method, unlearn
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
@@ -74,9 +74,15 @@ def positions(run: RecordedRun, spec: ForgetSpec) -> tuple[np.ndarray, list[str]
     return pos, [t["sample_ids"][i] for i in pos]
 
 
+def amnesiac(run: RecordedRun, spec: ForgetSpec, *, partial: bool, publish: bool = True, **options):
+    return apply_method(
+        run.store, run_id=run.run_id, method="partial-amnesiac" if partial else "amnesiac",
+        forget=spec, options=UnlearnOptions(**options), device=CPU, publish=publish,
+    )
+
+
 def dry(run: RecordedRun, spec: ForgetSpec, **kw) -> dict[str, torch.Tensor]:
-    pos, ids = positions(run, spec)
-    return amnesiac_unlearn(run, pos, ids, device=CPU, publish=False, **kw).state
+    return amnesiac(run, spec, publish=False, **kw).outcome.model.state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +129,12 @@ def test_partial_with_pruning_zero_equals_full_amnesiac(tmp_path, class_run: Rec
 
 
 def test_unlearning_reads_only_the_affected_updates(class_run: RecordedRun) -> None:
-    pos, ids = positions(class_run, ForgetSpec(sample_ids=("5",)))
-    result = amnesiac_unlearn(class_run, pos, ids, partial=False, device=CPU, publish=False)
+    pos, _ = positions(class_run, ForgetSpec(sample_ids=("5",)))
+    details = amnesiac(class_run, ForgetSpec(sample_ids=("5",)), partial=False, publish=False).outcome.details
     steps = class_run.index.steps_holding(pos)
-    assert result.batches_subtracted == len(steps) == class_run.spec.training.epochs
-    assert result.bytes_read == sum(class_run.update_blobs[s].size for s in steps)
-    assert result.bytes_read * 20 < class_run.spec.results.storage_bytes
+    assert details["batches_subtracted"] == len(steps) == class_run.spec.training.epochs
+    assert details["bytes_read"] == sum(class_run.update_blobs[s].size for s in steps)
+    assert details["bytes_read"] * 20 < class_run.spec.results.storage_bytes
 
 
 def test_a_batch_is_never_subtracted_twice_whatever_the_order(tmp_path) -> None:
@@ -138,8 +144,7 @@ def test_a_batch_is_never_subtracted_twice_whatever_the_order(tmp_path) -> None:
         run = train_digits(LocalBlobStore(tmp_path / name), name, subject_size=10, epochs=2)
         counts = []
         for spec in order:
-            pos, ids = positions(run, spec)
-            counts.append(amnesiac_unlearn(run, pos, ids, partial=False, device=CPU).batches_subtracted)
+            counts.append(amnesiac(run, spec, partial=False).outcome.details["batches_subtracted"])
         union = set(run.index.steps_holding(positions(run, a)[0])) | set(
             run.index.steps_holding(positions(run, b)[0])
         )
@@ -162,7 +167,7 @@ def test_class_forgetting_partial_keeps_retain_accuracy_above_amnesiac(class_run
         method: unlearn(
             class_run.store, run_id=class_run.run_id, method=method, forget=ForgetSpec(classes=(3,)),
             device=CPU, publish=False,
-            **({"prune_first": 0.95, "prune_last": 0.3} if method == "partial-amnesiac" else {}),
+            options=UnlearnOptions(prune_first=0.95, prune_last=0.3) if method == "partial-amnesiac" else None,
         )
         for method in ("amnesiac", "partial-amnesiac")
     }
@@ -200,7 +205,7 @@ def test_recovery_fine_tune_is_timed_separately_and_restores_retain(class_run: R
     plain = unlearn(class_run.store, run_id=class_run.run_id, method="amnesiac", forget=forget, device=CPU, publish=False)
     healed = unlearn(
         class_run.store, run_id=class_run.run_id, method="amnesiac", forget=forget, device=CPU,
-        publish=False, recovery_steps=40,
+        publish=False, options=UnlearnOptions(recovery_steps=40),
     )
     assert plain["recovery_seconds"] == 0.0 and healed["recovery_seconds"] > 0.0
     assert healed["retain_acc"] > plain["retain_acc"]
@@ -209,14 +214,16 @@ def test_recovery_fine_tune_is_timed_separately_and_restores_retain(class_run: R
 
 def test_method_and_recording_mismatches_are_clear_errors(tmp_path, class_run: RecordedRun) -> None:
     partial_run = train_digits(LocalBlobStore(tmp_path), "partial", record="partial", epochs=1)
-    pos, ids = positions(partial_run, ForgetSpec(sample_ids=("1",)))
-    with pytest.raises(RunError, match="full amnesiac needs --record full"):
-        amnesiac_unlearn(partial_run, pos, ids, partial=False, device=CPU)
+    one = ForgetSpec(sample_ids=("1",))
+    with pytest.raises(MethodError, match="--method amnesiac"):
+        amnesiac(partial_run, one, partial=False)
     with pytest.raises(RunError, match="lighter than the run's recorded"):
-        amnesiac_unlearn(partial_run, pos, ids, partial=True, prune_first=0.5, device=CPU)
+        amnesiac(partial_run, one, partial=True, prune_first=0.5)
     plain = train_digits(LocalBlobStore(tmp_path / "plain"), "plain", record="none", epochs=1)
-    with pytest.raises(RunError, match="without recording"):
-        amnesiac_unlearn(plain, pos, ids, partial=True, device=CPU)
+    with pytest.raises(MethodError, match="trained with --method plain"):
+        amnesiac(plain, one, partial=True)
+    with pytest.raises(MethodError, match="unknown unlearning method"):
+        apply_method(plain.store, run_id="plain", method="forgetful", forget=one, device=CPU)
     with pytest.raises(ForgetSetError, match="not in the run"):
         positions(class_run, ForgetSpec(sample_ids=("no-such-id",)))
     with pytest.raises(ForgetSetError, match="empty"):
@@ -228,7 +235,7 @@ def test_method_and_recording_mismatches_are_clear_errors(tmp_path, class_run: R
 def test_a_tampered_update_blob_is_refused(tmp_path) -> None:
     store = LocalBlobStore(tmp_path)
     run = train_digits(store, "tamper", model="mlp", epochs=1)
-    pos, ids = positions(run, ForgetSpec(sample_ids=("0",)))
+    pos, _ = positions(run, ForgetSpec(sample_ids=("0",)))
     victim = run.update_blobs[int(run.index.steps_holding(pos)[0])]
     path = tmp_path / victim.key
     data = bytearray(path.read_bytes())
@@ -236,7 +243,7 @@ def test_a_tampered_update_blob_is_refused(tmp_path) -> None:
     path.chmod(0o644)
     path.write_bytes(bytes(data))
     with pytest.raises(BlobIntegrityError, match=victim.key):
-        amnesiac_unlearn(run, pos, ids, partial=False, device=CPU)
+        amnesiac(run, ForgetSpec(sample_ids=("0",)), partial=False)
     assert run.ledger().head.version == 0  # nothing published from a corrupt read
 
 

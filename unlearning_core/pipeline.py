@@ -1,26 +1,30 @@
 """The train / unlearn workflows behind ``lethe train`` and ``lethe unlearn``.
 
-Kept out of the CLI so the worker can run exactly the same code for a request, and so the
-results are plain dicts with DESIGN.md's metric names, ready for JSON.
+Kept out of the CLI so the worker runs exactly the same code for a request, and so the
+results are plain dicts with DESIGN.md's metric names, ready for JSON. Nothing here
+branches on a method's name: methods are found in the registry.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+import unlearning_core.methods  # noqa: F401  (registers the built-in methods)
 from unlearning_core.data import load_dataset
-from unlearning_core.forget import ForgetSpec
-from unlearning_core.metrics import accuracy, collect_outputs, evaluate_unlearning
-from unlearning_core.methods.amnesiac import amnesiac_unlearn
-from unlearning_core.runs.artifact import RecordedRun
-from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
-from unlearning_core.runs.train import train_run
-from unlearning_core.store import BlobStore
 from unlearning_core.errors import MethodError
-
-AMNESIAC_METHODS = ("amnesiac", "partial-amnesiac")
+from unlearning_core.forget import ForgetSpec
+from unlearning_core.methods.base import UnlearnContext, UnlearnOptions, UnlearnOutcome, get_method
+from unlearning_core.methods.publish import publish_version
+from unlearning_core.metrics import accuracy, collect_outputs, evaluate_unlearning
+from unlearning_core.runs.artifact import open_artifact
+from unlearning_core.runs.ledger import VersionEntry
+from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, SisaSpec, TrainingSpec
+from unlearning_core.runs.train import train_run
+from unlearning_core.sisa.run import train_sisa_run
+from unlearning_core.store import BlobStore
 
 
 def train(
@@ -31,26 +35,35 @@ def train(
     model: str,
     training: TrainingSpec,
     recording: RecordingSpec,
+    sisa: SisaSpec | None = None,
     device: torch.device,
     progress: bool = False,
     evaluate: bool = True,
 ) -> dict[str, Any]:
+    """Train a single model (recording as ``recording`` says) or, with ``sisa``, a SISA run."""
     data = load_dataset(
         dataset.spec, seed=dataset.split_seed, subject_size=dataset.subject_size,
         test_fraction=dataset.test_fraction,
     )
-    run = train_run(
-        store, run_id=run_id, dataset=data, dataset_spec=dataset, model_name=model,
-        training=training, recording=recording, device=device, progress=progress,
+    common = dict(
+        run_id=run_id, dataset=data, dataset_spec=dataset, model_name=model, training=training,
+        device=device, progress=progress,
+    )
+    run = (
+        train_sisa_run(store, sisa=sisa, **common)
+        if sisa is not None
+        else train_run(store, recording=recording, **common)
     )
     res = run.spec.results
     out: dict[str, Any] = {
         "run_id": run_id,
         "store": store.url,
+        "method": run.spec.method,
         "model": model,
         "dataset": dataset.spec,
-        "record": recording.mode,
+        "record": run.spec.recording.mode,
         "steps": res.steps,
+        "samples_processed": res.samples_processed,
         "train_seconds": res.train_seconds,
         "record_stall_seconds": res.stall_seconds,
         "storage_bytes": res.storage_bytes,
@@ -64,63 +77,170 @@ def train(
     return out
 
 
+@dataclass
+class MethodRun:
+    """What one method did to one run: the candidate, its version, and the context."""
+
+    method: str
+    outcome: UnlearnOutcome
+    version: VersionEntry | None
+    context: UnlearnContext
+
+
+def apply_method(
+    store: BlobStore,
+    *,
+    run_id: str,
+    method: str,
+    forget: ForgetSpec,
+    options: UnlearnOptions | None = None,
+    device: torch.device,
+    publish: bool = True,
+    progress: bool = False,
+) -> MethodRun:
+    """Resolve the forget set, run the method on the lineage head, publish (unless dry)."""
+    impl = get_method(method)
+    artifact = open_artifact(store, run_id)
+    impl.check_artifact(artifact.spec.method, run_id)
+    table = artifact.sample_table
+    positions = forget.resolve(table["sample_ids"], table["labels"], table["subject_ids"])
+    ctx = UnlearnContext(
+        artifact=artifact,
+        dataset=artifact.dataset(),
+        ledger=artifact.ledger(),
+        forget_positions=positions,
+        forget_ids=[table["sample_ids"][i] for i in positions],
+        options=options or UnlearnOptions(),
+        device=device,
+        publish=publish,
+        progress=progress,
+    )
+    outcome = impl.unlearn(ctx)
+    return MethodRun(method=impl.name, outcome=outcome, version=publish_version(ctx, outcome, impl.name), context=ctx)
+
+
+def report(
+    done: MethodRun,
+    *,
+    evaluate: bool = True,
+    retrained_state: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """What a method did, with DESIGN.md's metric names (and the metrics, if ``evaluate``)."""
+    ctx, outcome, version = done.context, done.outcome, done.version
+    run = ctx.artifact
+    impl = get_method(done.method)
+    out: dict[str, Any] = {
+        "run_id": run.run_id,
+        "method": impl.name,
+        "guarantee": impl.guarantee,
+        "forget_samples": int(len(ctx.forget_positions)),
+        "version": version.version if version else None,
+        "new_version": bool(ctx.publish and outcome.changed),
+        "unlearn_seconds": outcome.unlearn_seconds,
+        "recovery_seconds": outcome.recovery_seconds,
+        "storage_bytes": run.spec.results.storage_bytes,
+        **outcome.details,
+        "weights": f"{run.store.url}/{version.weights.key}" if version else None,
+        "weights_sha256": version.weights.sha256 if version else None,
+    }
+    if evaluate:
+        device = ctx.device
+        original_state = run.load_weights(run.spec.trained_weights)
+        original = run.model_with(original_state)
+        forget_set = ctx.dataset.train.subset(ctx.forget_positions)
+        original_forget_acc = accuracy(collect_outputs(original, forget_set, device=device))
+        out["original_forget_acc"] = original_forget_acc
+        out.update(
+            evaluate_unlearning(
+                outcome.model, ctx.dataset, ctx.forget_positions, device=device,
+                original_state=original_state, retrained_state=retrained_state,
+                original_forget_acc=original_forget_acc, relearn=run.optim(),
+                relearn_batch_size=run.spec.training.batch_size, seed=run.spec.training.seed,
+            )
+        )
+    return out
+
+
 def unlearn(
     store: BlobStore,
     *,
     run_id: str,
     method: str,
     forget: ForgetSpec,
-    prune_first: float | None = None,
-    prune_last: float | None = None,
-    recovery_steps: int = 0,
+    options: UnlearnOptions | None = None,
     device: torch.device,
     progress: bool = False,
     evaluate: bool = True,
     publish: bool = True,
+    retrained_state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    if method not in AMNESIAC_METHODS:
-        raise MethodError(f"unknown unlearning method {method!r}; known: {', '.join(AMNESIAC_METHODS)}")
-    run = RecordedRun.open(store, run_id)
-    table = run.sample_table
-    positions = forget.resolve(table["sample_ids"], table["labels"], table["subject_ids"])
-    forget_ids = [table["sample_ids"][i] for i in positions]
-    needs_data = evaluate or recovery_steps > 0
-    dataset = run.dataset() if needs_data else None
-    result = amnesiac_unlearn(
-        run, positions, forget_ids, partial=method == "partial-amnesiac",
-        prune_first=prune_first, prune_last=prune_last, recovery_steps=recovery_steps,
-        dataset=dataset, device=device, progress=progress, publish=publish,
+    """Apply ``method`` to the run's lineage head and report it."""
+    done = apply_method(
+        store, run_id=run_id, method=method, forget=forget, options=options, device=device,
+        publish=publish, progress=progress,
     )
-    version = result.version
-    out: dict[str, Any] = {
-        "run_id": run_id,
-        "method": method,
+    return {"forget": forget.describe(), **report(done, evaluate=evaluate, retrained_state=retrained_state)}
+
+
+GAP_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_auc", "mia_efficacy")
+
+
+def compare(
+    store: BlobStore,
+    *,
+    run_id: str,
+    methods: list[str],
+    forget: ForgetSpec,
+    sisa_run_id: str | None = None,
+    options: UnlearnOptions | None = None,
+    device: torch.device,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Several methods on one forget set from the same trained starting points, side by side.
+
+    Nothing is published. ``retrain`` (when listed) runs first: its model is the reference
+    for every single-model row's ``layer_distance`` and for the ``retrain_gap`` of all rows,
+    and its time is the denominator of ``speedup_vs_retrain``.
+    """
+    impls = [get_method(m) for m in methods]  # unknown names fail before any work
+    order = sorted(impls, key=lambda m: m.name != "retrain")
+    rows: list[dict[str, Any]] = []
+    retrained: dict[str, torch.Tensor] | None = None
+    originals: dict[str, float | None] = {}
+    for impl in order:
+        exact_sisa = "sisa" in impl.trained_with
+        target = sisa_run_id if exact_sisa else run_id
+        if target is None:
+            raise MethodError(f"method {impl.name!r} needs a SISA run: pass --sisa-run-id")
+        done = apply_method(
+            store, run_id=target, method=impl.name, forget=forget, options=options, device=device,
+            publish=False, progress=progress,
+        )
+        row = report(done, retrained_state=None if exact_sisa else retrained)
+        if impl.name == "retrain":
+            retrained = {k: v.detach().cpu() for k, v in done.outcome.model.state_dict().items()}
+        if target not in originals:
+            run = done.context.artifact
+            net = run.model_with(run.load_weights(run.spec.trained_weights))
+            originals[target] = accuracy(collect_outputs(net, done.context.dataset.test, device=device))
+        row["original_test_acc"] = originals[target]
+        rows.append(row)
+    base = next((r for r in rows if r["method"] == "retrain"), None)
+    for row in rows:
+        if base is None:
+            break
+        spent = row["unlearn_seconds"] + row["recovery_seconds"]
+        row["speedup_vs_retrain"] = base["unlearn_seconds"] / spent if spent > 0 else None
+        row["retrain_gap"] = {
+            k: (row[k] - base[k]) if row.get(k) is not None and base.get(k) is not None else None
+            for k in GAP_METRICS
+        }
+    return {
         "forget": forget.describe(),
-        "forget_samples": int(len(positions)),
-        "version": version.version if version else None,
-        "new_version": result.new_version,
-        "batches_subtracted": result.batches_subtracted,
-        "batches_already_subtracted": result.batches_already_subtracted,
-        "bytes_read": result.bytes_read,
-        "unlearn_seconds": result.unlearn_seconds,
-        "recovery_seconds": result.recovery_seconds,
-        "storage_bytes": run.spec.results.storage_bytes,
-        "weights": f"{store.url}/{version.weights.key}" if version else None,
-        "weights_sha256": version.weights.sha256 if version else None,
+        "run_id": run_id,
+        "sisa_run_id": sisa_run_id,
+        "single_model_test_acc": originals.get(run_id),
+        "sisa_test_acc": originals.get(sisa_run_id) if sisa_run_id else None,
+        "methods": [r["method"] for r in rows],
+        "rows": rows,
     }
-    if evaluate and dataset is not None:
-        original_state = run.load_weights(run.spec.trained_weights)
-        original = run.model_with(original_state)
-        original_forget_acc = accuracy(
-            collect_outputs(original, dataset.train.subset(positions), device=device)
-        )
-        out["original_forget_acc"] = original_forget_acc
-        out.update(
-            evaluate_unlearning(
-                run.model_with(result.state), dataset, positions, device=device,
-                original_state=original_state, original_forget_acc=original_forget_acc,
-                relearn=run.optim(), relearn_batch_size=run.spec.training.batch_size,
-                seed=run.spec.training.seed,
-            )
-        )
-    return out

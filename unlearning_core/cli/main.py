@@ -47,9 +47,20 @@ class StoreDtype(str, Enum):
     float16 = "float16"
 
 
-class AmnesiacMethod(str, Enum):
+class TrainMethod(str, Enum):
+    plain = "plain"
     amnesiac = "amnesiac"
     partial_amnesiac = "partial-amnesiac"
+    sisa = "sisa"
+
+
+class Aggregation(str, Enum):
+    vote = "vote"
+    softmax = "softmax"
+
+
+RECORD_OF_METHOD = {"plain": "none", "amnesiac": "full", "partial-amnesiac": "partial", "sisa": "none"}
+METHOD_OF_RECORD = {"none": "plain", "full": "amnesiac", "partial": "partial-amnesiac"}
 
 
 StoreOpt = Annotated[
@@ -93,7 +104,12 @@ def train(
     momentum: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.9,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = 0.0,
     seed: int = 0,
-    record: Annotated[Record, typer.Option(help="Which updates to store for amnesiac unlearning.")] = Record.partial,
+    method: Annotated[TrainMethod | None, typer.Option(help="What the run prepares for: plain (nothing recorded), amnesiac (full updates), partial-amnesiac (pruned updates) or sisa (shards and slice checkpoints). Default: from --record.")] = None,
+    record: Annotated[Record | None, typer.Option(help="Which updates to store for amnesiac unlearning [default: partial].")] = None,
+    shards: Annotated[int, typer.Option(min=1, max=256, help="SISA: number of shards.")] = 8,
+    slices: Annotated[int, typer.Option(min=1, max=256, help="SISA: slices per shard (a checkpoint after each).")] = 4,
+    aggregation: Annotated[Aggregation, typer.Option(help="SISA: how shard outputs are combined.")] = Aggregation.softmax,
+    sisa_by_subject: Annotated[bool, typer.Option("--sisa-by-subject", help="SISA: keep all samples of a data subject in one shard and slice.")] = False,
     prune_first: Annotated[float, typer.Option("--prune-first", help="Pruning share of the first layer's updates.")] = 0.99,
     prune_last: Annotated[float, typer.Option("--prune-last", help="Pruning share of the last layer's updates.")] = 0.5,
     mask: Mask = Mask.random,
@@ -108,15 +124,22 @@ def train(
     """Train a model and store it with everything unlearning needs later."""
     from unlearning_core import pipeline
     from unlearning_core.recording import PruneSchedule
-    from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
+    from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, SisaSpec, TrainingSpec
     from unlearning_core.store import open_store
     from unlearning_core.training.batching import parse_concentrate
     from unlearning_core.training.loop import resolve_device
 
     _run_id_ok(run_id)
+    if method is not None and record is not None and RECORD_OF_METHOD[method.value] != record.value:
+        raise typer.BadParameter(
+            f"--method {method.value} records {RECORD_OF_METHOD[method.value]}, not {record.value}",
+            param_hint="--record",
+        )
+    mode = record.value if record is not None else RECORD_OF_METHOD[method.value] if method else "partial"
+    train_method = method.value if method is not None else METHOD_OF_RECORD[mode]
     klass, share = parse_concentrate(concentrate) if concentrate else (None, None)
     recording = RecordingSpec(
-        mode=record.value, mask=mask.value, mask_seed=seed if mask_seed is None else mask_seed,
+        mode=mode, mask=mask.value, mask_seed=seed if mask_seed is None else mask_seed,
         prune_first=prune_first, prune_last=prune_last, dtype=dtype.value,
     )
     # Validated whatever the mode: a full run keeps it as the default for partial requests.
@@ -131,6 +154,9 @@ def train(
             seed=seed, concentrate_class=klass, concentrate_share=share,
         ),
         recording=recording,
+        sisa=SisaSpec(shards=shards, slices=slices, aggregation=aggregation.value, by_subject=sisa_by_subject)
+        if train_method == "sisa"
+        else None,
         device=resolve_device(device),
         progress=True,
     )
@@ -141,13 +167,20 @@ def train(
 def unlearn(
     store: StoreOpt,
     run_id: RunIdOpt,
-    method: Annotated[AmnesiacMethod, typer.Option(help="Unlearning method.")],
+    method: Annotated[str | None, typer.Option(help="retrain, sisa, amnesiac, partial-amnesiac, label-flip, neg-grad, partial-label-flip, partial-neg-grad.")] = None,
+    compare: Annotated[str | None, typer.Option(help="Comma-separated methods to run side by side from the same trained runs (nothing is published).")] = None,
+    sisa_run_id: Annotated[str | None, typer.Option("--sisa-run-id", help="With --compare: the SISA run for the sisa row.")] = None,
     forget_ids: Annotated[Path | None, typer.Option("--forget-ids", help="File with one sample id per line.")] = None,
     forget_class: Annotated[int | None, typer.Option("--forget-class", help="Forget every training sample of this class.")] = None,
     forget_subject: Annotated[str | None, typer.Option("--forget-subject", help="Forget every training sample of this data subject.")] = None,
-    prune_first: Annotated[float | None, typer.Option("--prune-first", help="Prune the stored updates harder at the first layer.")] = None,
-    prune_last: Annotated[float | None, typer.Option("--prune-last", help="Prune the stored updates harder at the last layer.")] = None,
+    prune_first: Annotated[float | None, typer.Option("--prune-first", help="Partial methods: pruning share of the first layer.")] = None,
+    prune_last: Annotated[float | None, typer.Option("--prune-last", help="Partial methods: pruning share of the last layer.")] = None,
     recovery_steps: Annotated[int, typer.Option("--recovery-steps", min=0, help="Fine-tune steps on retained data afterwards.")] = 0,
+    steps: Annotated[int | None, typer.Option(min=1, help="label-flip / neg-grad: iterations [default: 20].")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="label-flip / neg-grad: learning rate [default: the run's].")] = None,
+    target_forget_acc: Annotated[float | None, typer.Option("--target-forget-acc", min=0.0, max=1.0, help="neg-grad: stop once forget accuracy is at most this.")] = None,
+    mix_retain: Annotated[float, typer.Option("--mix-retain", min=0.0, max=0.99, help="label-flip: share of each batch drawn from retained data.")] = 0.0,
+    aggregation: Annotated[Aggregation | None, typer.Option(help="sisa: vote or softmax [default: the run's].")] = None,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Compute the efficacy metrics.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and evaluate, but publish no version and leave the ledger as it is.")] = False,
     device: DeviceOpt = "auto",
@@ -156,21 +189,53 @@ def unlearn(
     """Remove the forget set's influence from a run's latest version and publish a new one."""
     from unlearning_core import pipeline
     from unlearning_core.forget import ForgetSpec, read_id_file
+    from unlearning_core.methods import UnlearnOptions
     from unlearning_core.store import open_store
     from unlearning_core.training.loop import resolve_device
 
     _run_id_ok(run_id)
+    if (method is None) == (compare is None):
+        raise typer.BadParameter("give exactly one of --method NAME or --compare A,B,...", param_hint="--method")
     spec = ForgetSpec(
         sample_ids=read_id_file(forget_ids) if forget_ids else (),
         classes=(forget_class,) if forget_class is not None else (),
         subjects=(forget_subject,) if forget_subject else (),
     )
+    options = UnlearnOptions(
+        prune_first=prune_first, prune_last=prune_last, recovery_steps=recovery_steps, steps=steps,
+        lr=lr, target_forget_acc=target_forget_acc, mix_retain=mix_retain,
+        aggregation=aggregation.value if aggregation else None,
+    )
+    blob_store = open_store(store)
+    if compare is not None:
+        names = [m.strip() for m in compare.split(",") if m.strip()]
+        if not names:
+            raise typer.BadParameter("name at least one method", param_hint="--compare")
+        result = pipeline.compare(
+            blob_store, run_id=run_id, sisa_run_id=sisa_run_id and _run_id_ok(sisa_run_id),
+            methods=names, forget=spec, options=options, device=resolve_device(device), progress=True,
+        )
+        if as_json:
+            _emit(result, True, "")
+        else:
+            _compare_table(result)
+        return
     result = pipeline.unlearn(
-        open_store(store), run_id=run_id, method=method.value, forget=spec,
-        prune_first=prune_first, prune_last=prune_last, recovery_steps=recovery_steps,
+        blob_store, run_id=run_id, method=method, forget=spec, options=options,
         device=resolve_device(device), progress=True, evaluate=evaluate, publish=not dry_run,
     )
-    _emit(result, as_json, f"{method.value} on {run_id}")
+    _emit(result, as_json, f"{method} on {run_id}")
+
+
+def _compare_table(result: dict[str, Any]) -> None:
+    cols = ("method", "guarantee", "forget_acc", "retain_acc", "test_acc", "mia_auc", "mia_efficacy",
+            "unlearn_seconds", "recovery_seconds", "relearn_steps", "speedup_vs_retrain")
+    table = Table(title=f"forget {result['forget']}")
+    for c in cols:
+        table.add_column(c)
+    for row in result["rows"]:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in cols)))
+    _out.print(table)
 
 
 def main() -> None:

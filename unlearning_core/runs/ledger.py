@@ -32,6 +32,8 @@ class Ledger(BaseModel):
     subtracted_steps: list[int] = Field(default_factory=list)
     erased_sample_ids: list[str] = Field(default_factory=list)
     versions: list[VersionEntry]
+    # SISA lineages: per shard, the checkpoint after each slice of the current shard models.
+    checkpoints: dict[str, list[BlobPointer]] | None = None
 
     @property
     def head(self) -> VersionEntry:

@@ -75,8 +75,18 @@ class RecordingSpec(BaseModel):
         )
 
 
+class SisaSpec(BaseModel):
+    """Shards x slices, and how the shard models' outputs are combined by default."""
+
+    shards: int = Field(ge=1, le=256)
+    slices: int = Field(ge=1, le=256)
+    aggregation: str = "softmax"  # softmax | vote
+    by_subject: bool = False  # all samples of a subject in one shard and slice
+
+
 class RunResults(BaseModel):
-    steps: int
+    steps: int  # optimizer steps
+    samples_processed: int | None = None
     train_seconds: float
     stall_seconds: float
     storage_bytes: int
@@ -87,7 +97,7 @@ class RunSpec(BaseModel):
     """Contents of ``runs/<run_id>/run.json``."""
 
     format: int = 1
-    method: str = "amnesiac"
+    method: str = "amnesiac"  # training method: plain | amnesiac | partial-amnesiac | sisa
     run_id: str
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     model: str
@@ -97,6 +107,7 @@ class RunSpec(BaseModel):
     dataset: DatasetSpec
     training: TrainingSpec
     recording: RecordingSpec
+    sisa: SisaSpec | None = None
     tensors: dict[str, list[int]]  # float tensors of the state dict, in depth order
     results: RunResults
     initial_weights: BlobPointer

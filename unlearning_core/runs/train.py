@@ -91,7 +91,7 @@ def train_run(
     blobs = [BlobPointer.of(b.ref).model_dump() for b in stats.blobs] if stats else []
     updates = store.put(f"{prefix}/updates.json", json.dumps(blobs).encode())
     spec = RunSpec(
-        method="amnesiac" if recording.mode != "none" else "plain",
+        method={"none": "plain", "full": "amnesiac", "partial": "partial-amnesiac"}[recording.mode],
         run_id=run_id,
         model=model_name,
         num_classes=dataset.num_classes,

@@ -1,0 +1,1 @@
+"""SISA (Bourtoule et al.): sharded, isolated, sliced, aggregated training for exact unlearning."""
