@@ -114,3 +114,33 @@ def test_corrupt_blob_is_reported(trained: Path, tmp_path: Path) -> None:
                  "--forget-class", "3", check=False)
     assert proc.returncode == 2
     assert "index.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_method_and_record_must_agree(tmp_path: Path) -> None:
+    proc = lethe("train", "--dataset", "digits", "--model", "mlp", "--store", str(tmp_path), "--run-id", "x",
+                 "--method", "sisa", "--record", "full", check=False)
+    assert proc.returncode != 0 and "--method sisa records none" in proc.stderr
+
+
+def test_compare_runs_every_method_side_by_side(trained: Path) -> None:
+    sisa = last_json(
+        lethe("train", "--dataset", "digits", "--model", "mlp", "--method", "sisa", "--shards", "3",
+              "--slices", "2", "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--seed", "1",
+              "--subject-size", "10", "--store", str(trained), "--run-id", "cli-sisa", "--device", "cpu", "--json")
+    )
+    assert sisa["method"] == "sisa" and sisa["samples_processed"] > 0
+    methods = "retrain,sisa,amnesiac,partial-amnesiac,label-flip,neg-grad,partial-label-flip,partial-neg-grad"
+    out = last_json(
+        lethe("unlearn", "--store", str(trained), "--run-id", "cli", "--sisa-run-id", "cli-sisa",
+              "--compare", methods, "--forget-class", "3", "--device", "cpu", "--json")
+    )
+    rows = {r["method"]: r for r in out["rows"]}
+    assert out["methods"][0] == "retrain" and set(rows) == set(methods.split(","))
+    assert rows["retrain"]["speedup_vs_retrain"] == pytest.approx(1.0)
+    assert rows["retrain"]["guarantee"] == rows["sisa"]["guarantee"] == "exact"
+    for name, row in rows.items():
+        assert row["version"] is None  # compare publishes nothing
+        assert row["speedup_vs_retrain"] > 0 and "retrain_gap" in row, name
+        assert "retrained" in next(iter(row["layer_distance"].values())) or name in ("sisa", "retrain")
+    assert rows["sisa"]["forget_acc"] <= 0.05 and rows["retrain"]["forget_acc"] <= 0.05
+    assert out["single_model_test_acc"] > 0.8 and out["sisa_test_acc"] > 0.5

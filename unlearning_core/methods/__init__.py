@@ -4,7 +4,7 @@ Importing this package registers the built-ins; a new method is one module plus 
 here.
 """
 
-from unlearning_core.methods import amnesiac, sisa  # noqa: F401
+from unlearning_core.methods import amnesiac, label_flip, neg_grad, retrain, sisa  # noqa: F401
 from unlearning_core.methods.base import (
     UnlearnContext,
     UnlearningMethod,
