@@ -9,11 +9,11 @@ export LETHE_S3_ENDPOINT ?= 127.0.0.1:9900
 export LETHE_S3_PORT ?= 9900
 PYTEST_ARGS ?=
 
-.PHONY: venv install test services clean-services help
+.PHONY: venv install run test services help
 
 help:
 	@echo "make test  - install what the tests need, start PostgreSQL/Redis/S3 on loopback, run pytest"
-	@echo "make run   - (arrives with the service issue)"
+	@echo "make run   - the service on embedded defaults (SQLite + blob folder under ./var, in-process worker, demo model)"
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ venv install: $(VENV)/.installed
 
 services: install
 	bash scripts/ensure-services.sh $(VENV)/bin
+
+run: install
+	$(VENV)/bin/lethe serve
 
 test: install services
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -77,3 +77,96 @@ def s3_store(s3_settings: S3Settings) -> Iterator[S3BlobStore]:
     store = S3BlobStore(f"lethe-test-{uuid.uuid4().hex[:20]}", "blobs", s3_settings)
     yield store
     _drop_bucket(store)
+
+
+# ---------------------------------------------------------------------------------------
+# Service: a real PostgreSQL database per test session, emptied before each test
+# ---------------------------------------------------------------------------------------
+
+PG_ADMIN_URL = os.environ.get("LETHE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh database on the real PostgreSQL server, migrated to head, dropped at the end."""
+    import psycopg
+
+    from api.database.migrate import upgrade
+
+    name = f"lethe_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc}); run `make test`", pytrace=False)
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    upgrade(url)
+    yield url
+    from api.database.core import reset_caches
+
+    reset_caches()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def service_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Settings for one test: the session database (emptied), a private blob folder."""
+    from sqlalchemy import text
+
+    from api.database.core import Base, get_engine, reset_caches
+    import api.database.all_models  # noqa: F401
+
+    monkeypatch.setenv("LETHE_DATABASE_URL", pg_url)
+    monkeypatch.setenv("LETHE_BLOB_STORE", str(tmp_path / "blobs"))
+    monkeypatch.setenv("LETHE_EMBEDDED_WORKER", "false")
+    monkeypatch.setenv("LETHE_SEED_DEMO", "false")
+    monkeypatch.setenv("LETHE_DEVICE", "cpu")
+    reset_caches()
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with get_engine().begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield pg_url
+    reset_caches()
+
+
+@pytest.fixture
+def db_session(service_env: str):
+    from api.database.core import get_sessionmaker
+
+    with get_sessionmaker()() as session:
+        yield session
+
+
+@pytest.fixture
+def api_keys(db_session) -> dict[str, str]:
+    """One key per scope (tenant "acme"), plus a requester of another tenant."""
+    from api.auth.service import create_key
+
+    keys = {
+        scope: create_key(db_session, name=f"test-{scope}", scopes=[scope], tenant="acme")[1]
+        for scope in ("requester", "registry", "admin")
+    }
+    keys["other_tenant"] = create_key(db_session, name="other", scopes=["requester"], tenant="globex")[1]
+    db_session.commit()
+    return keys
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def client(service_env: str):
+    import httpx
+
+    from api.main import create_app
+
+    app = create_app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lethe.test") as c:
+        yield c
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -20,7 +20,7 @@ from unlearning_core.methods.base import UnlearnContext, UnlearnOptions, Unlearn
 from unlearning_core.methods.publish import publish_version
 from unlearning_core.metrics import accuracy, collect_outputs, evaluate_unlearning
 from unlearning_core.runs.artifact import open_artifact
-from unlearning_core.runs.ledger import VersionEntry
+from unlearning_core.runs.ledger import LedgerStore, VersionEntry
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, SisaSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
 from unlearning_core.sisa.run import train_sisa_run
@@ -97,10 +97,15 @@ def apply_method(
     device: torch.device,
     publish: bool = True,
     progress: bool = False,
+    ledger_store: LedgerStore | None = None,
 ) -> MethodRun:
-    """Resolve the forget set, run the method on the lineage head, publish (unless dry)."""
+    """Resolve the forget set, run the method on the lineage head, publish (unless dry).
+
+    ``ledger_store`` keeps the lineage ledger elsewhere than beside the run (the service
+    keeps it in its database, to change it in the transaction that records the version).
+    """
     impl = get_method(method)
-    artifact = open_artifact(store, run_id)
+    artifact = open_artifact(store, run_id, ledger_store)
     impl.check_artifact(artifact.spec.method, run_id)
     table = artifact.sample_table
     positions = forget.resolve(table["sample_ids"], table["labels"], table["subject_ids"])

@@ -14,7 +14,7 @@ from unlearning_core.errors import BlobNotFoundError, RunError
 from unlearning_core.models import create_model
 from unlearning_core.recording import UpdateFormat
 from unlearning_core.runs.index import StepIndex
-from unlearning_core.runs.ledger import Ledger
+from unlearning_core.runs.ledger import Ledger, LedgerStore
 from unlearning_core.runs.spec import BlobPointer, RunSpec
 from unlearning_core.store import BlobStore
 from unlearning_core.training.loop import OptimConfig
@@ -28,9 +28,10 @@ def run_prefix(run_id: str) -> str:
 class RecordedRun:
     """Read side of a run; the ledger is the only part that changes after training."""
 
-    def __init__(self, store: BlobStore, spec: RunSpec) -> None:
+    def __init__(self, store: BlobStore, spec: RunSpec, ledger_store: LedgerStore | None = None) -> None:
         self.store = store
         self.spec = spec
+        self.ledger_store = ledger_store
 
     @classmethod
     def open(cls, store: BlobStore, run_id: str) -> RecordedRun:
@@ -54,9 +55,14 @@ class RecordedRun:
 
     # -- lineage ---------------------------------------------------------------------
     def ledger(self) -> Ledger:
+        if self.ledger_store is not None:
+            return self.ledger_store.load()
         return Ledger.model_validate(self.store.get_json(f"{self.prefix}/ledger.json"))
 
     def save_ledger(self, ledger: Ledger) -> None:
+        if self.ledger_store is not None:
+            self.ledger_store.save(ledger)
+            return
         self.store.put_json(f"{self.prefix}/ledger.json", ledger.model_dump(mode="json"))
 
     # -- what was recorded -----------------------------------------------------------
@@ -118,11 +124,11 @@ class RecordedRun:
         return self.store.get(pointer.key, expected_sha256=pointer.sha256)
 
 
-def open_artifact(store: BlobStore, run_id: str) -> RecordedRun:
+def open_artifact(store: BlobStore, run_id: str, ledger_store: LedgerStore | None = None) -> RecordedRun:
     """The run as the artifact type its training method produced."""
     run = RecordedRun.open(store, run_id)
     if run.spec.method == "sisa":
         from unlearning_core.sisa.artifact import SisaRun
 
-        return SisaRun(store, run.spec)
-    return run
+        return SisaRun(store, run.spec, ledger_store)
+    return RecordedRun(store, run.spec, ledger_store)

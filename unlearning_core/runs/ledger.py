@@ -9,6 +9,7 @@ head in force and the new weights unreferenced (a retry redoes the same subtract
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
@@ -38,3 +39,12 @@ class Ledger(BaseModel):
     @property
     def head(self) -> VersionEntry:
         return self.versions[-1]
+
+
+class LedgerStore(Protocol):
+    """Where a lineage's ledger lives: a JSON blob beside the run (CLI), or a database row
+    (the service), so that it changes in the same transaction as the version it records."""
+
+    def load(self) -> Ledger: ...
+
+    def save(self, ledger: Ledger) -> None: ...

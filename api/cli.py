@@ -1,0 +1,76 @@
+"""The ``lethe`` console script: the core commands plus the service's (serve, keys, audit).
+
+unlearning_core's CLI knows nothing of the service; this module adds the service commands
+to the same Typer app, so one ``lethe`` binary does both.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from unlearning_core.cli.main import app
+from unlearning_core.cli.main import main as core_main
+
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: LETHE_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: LETHE_PORT].")] = None,
+) -> None:
+    """Run the API with its embedded worker: migrate, bootstrap, seed the demo, serve."""
+    from api.serve import serve as run_server
+
+    run_server(host=host, port=port)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    scope: Annotated[list[str], typer.Option("--scope", help="requester, registry or admin; repeat for several.")],
+    tenant: Annotated[str, typer.Option(help="Tenant the key acts for.")] = "default",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create an API key; it is printed once and only its hash is stored."""
+    from api.auth.service import create_key
+    from api.serve import prepare_database
+
+    session_factory = prepare_database()
+    with session_factory() as db:
+        try:
+            row, key = create_key(db, name=name, scopes=scope, tenant=tenant)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--scope") from None
+        db.commit()
+    out = {"id": row.id, "name": name, "tenant": tenant, "scopes": row.scopes, "key": key}
+    sys.stdout.write((json.dumps(out) if as_json else f"{key}\n  scopes: {', '.join(row.scopes)}  tenant: {tenant}") + "\n")
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Verify the audit hash chain; exit status 1 and the first broken link if it fails."""
+    from api.audit.service import verify
+    from api.serve import prepare_database
+
+    with prepare_database()() as db:
+        result = verify(db)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    elif result["ok"]:
+        sys.stdout.write(f"audit chain intact: {result['checked']} events\n")
+    else:
+        broken = result["first_broken"]
+        sys.stdout.write(f"audit chain BROKEN at event {broken['seq']}: {broken['reason']}\n")
+    raise typer.Exit(0 if result["ok"] else 1)
+
+
+def main() -> None:
+    core_main()

@@ -1,0 +1,41 @@
+"""Service settings, read from ``LETHE_*`` environment variables (pydantic-settings).
+
+The defaults are the embedded ones of ``make run``: a SQLite file and a blob folder under
+``./var/``, no broker server. Production points ``LETHE_DATABASE_URL`` at PostgreSQL and
+``LETHE_BLOB_STORE`` at ``s3://bucket/prefix`` (MinIO; ``LETHE_S3_*`` settings).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///var/lethe.db",
+        description="SQLAlchemy URL; postgresql+psycopg://... in production",
+    )
+    blob_store: str = Field(default="var/blobs", description="local directory or s3://bucket/prefix")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path | None = Field(default=None, description="folder holding fashion-mnist/ etc.")
+    require_approval: bool = False
+    bootstrap_admin_key: SecretStr | None = None
+    device: str = "auto"
+    erasure_due_days: int = Field(default=30, ge=1, description="GDPR Art. 12(3): one month")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    embedded_worker: bool = Field(default=True, description="run jobs in a thread of the API process")
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    seed_demo: bool = True
+    log_level: str = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

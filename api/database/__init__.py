@@ -1,0 +1,1 @@
+"""The persistence layer shared by ``api`` and ``worker``: engine, sessions, base class."""

@@ -1,0 +1,9 @@
+"""Imports every ORM model so that ``Base.metadata`` is complete (Alembic, tests)."""
+
+from api.audit.models import AuditEvent
+from api.auth.models import ApiKey
+from api.datasets.models import Dataset, Sample
+from api.erasure.models import ErasureRequest, RequestJob
+from api.registry.models import Model, ModelVersion, TrainingRun
+
+__all__ = ["ApiKey", "AuditEvent", "Dataset", "ErasureRequest", "Model", "ModelVersion", "RequestJob", "Sample", "TrainingRun"]

@@ -1,0 +1,250 @@
+"""Datasets: registering one (a row per training sample), reading them back with counts.
+
+Service functions are keyword-only and commit their own transaction, so the API, the CLI
+and the demo seeding call the same code. A registration is all-or-nothing: the dataset is
+loaded (and validated) by :func:`unlearning_core.data.load_dataset` before anything is
+written, and the dataset row, its samples and the audit event share one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import case, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.audit.service import append as audit
+from api.datasets.config import upload_dir
+from api.datasets.models import Dataset, Sample
+from api.errors import ConflictError, NotFoundError
+from unlearning_core.data import DATASET_NAMES, load_dataset
+from unlearning_core.data.sampleset import Dataset as LoadedDataset
+from unlearning_core.errors import DatasetError
+from unlearning_core.runs.spec import DatasetSpec
+
+
+@dataclass(frozen=True)
+class DatasetCounts:
+    samples: int = 0
+    subjects: int = 0
+    erased: int = 0
+
+
+def normalise_source(source: str) -> str:
+    """Built-in names lower-cased; paths made absolute, so any later process reloads the same files."""
+    key = source.strip()
+    if key.lower() in DATASET_NAMES:
+        return key.lower()
+    return str(Path(key).expanduser().resolve())
+
+
+def sample_ids_digest(sample_ids: Iterable[str]) -> str:
+    """sha256 over the ordered training sample ids: a run trained later must see the same."""
+    h = hashlib.sha256()
+    for sid in sample_ids:
+        h.update(sid.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def get(*, db: Session, name: str) -> Dataset | None:
+    return db.scalar(select(Dataset).where(Dataset.name == name))
+
+
+def get_or_raise(*, db: Session, name: str) -> Dataset:
+    dataset = get(db=db, name=name)
+    if dataset is None:
+        raise NotFoundError(f"no dataset named {name!r}")
+    return dataset
+
+
+def get_all(*, db: Session) -> list[Dataset]:
+    return list(db.scalars(select(Dataset).order_by(Dataset.name)))
+
+
+def counts(*, db: Session, dataset_ids: list[int]) -> dict[int, DatasetCounts]:
+    """Samples, distinct subjects and erased samples of each dataset, in one query."""
+    if not dataset_ids:
+        return {}
+    rows = db.execute(
+        select(
+            Sample.dataset_id,
+            func.count(Sample.id),
+            func.count(func.distinct(Sample.subject_id)),
+            func.coalesce(func.sum(case((Sample.erased_at.is_not(None), 1), else_=0)), 0),
+        )
+        .where(Sample.dataset_id.in_(dataset_ids))
+        .group_by(Sample.dataset_id)
+    )
+    out = {i: DatasetCounts() for i in dataset_ids}
+    for dataset_id, n, subjects, erased in rows:
+        out[dataset_id] = DatasetCounts(samples=int(n), subjects=int(subjects), erased=int(erased))
+    return out
+
+
+def dataset_spec(dataset: Dataset) -> DatasetSpec:
+    """How unlearning_core loads this dataset row (the same split and subjects as registered)."""
+    return DatasetSpec(
+        spec=dataset.source,
+        split_seed=dataset.split_seed,
+        test_fraction=dataset.test_fraction,
+        subject_size=dataset.subject_size,
+    )
+
+
+def load(dataset: Dataset) -> LoadedDataset:
+    spec = dataset_spec(dataset)
+    return load_dataset(
+        spec.spec,
+        seed=spec.split_seed,
+        subject_size=spec.subject_size,
+        test_fraction=spec.test_fraction,
+    )
+
+
+def register(
+    *,
+    db: Session,
+    name: str,
+    source: str,
+    subject_size: int | None = None,
+    split_seed: int = 0,
+    test_fraction: float = 0.2,
+    actor: str | None = None,
+    info: dict | None = None,
+) -> Dataset:
+    """Load ``source`` (a :class:`DatasetError` if unreadable), then store the dataset row,
+    one :class:`Sample` per training sample and a ``dataset.registered`` audit event.
+
+    Raises :class:`ConflictError` if ``name`` is taken. Commits.
+    """
+    if get(db=db, name=name) is not None:
+        raise ConflictError(f"a dataset named {name!r} already exists")
+    if not 0.0 < test_fraction < 1.0:
+        raise DatasetError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    if subject_size is not None and subject_size < 1:
+        raise DatasetError(f"subject_size must be at least 1, got {subject_size}")
+    normalised = normalise_source(source)
+    # The caller's spelling of the source, so an error names what they sent.
+    loaded = load_dataset(
+        source.strip(), seed=split_seed, subject_size=subject_size, test_fraction=test_fraction
+    )
+    train = loaded.train
+    dataset = Dataset(
+        name=name,
+        source=normalised,
+        split_seed=split_seed,
+        test_fraction=test_fraction,
+        subject_size=subject_size,
+        num_classes=loaded.num_classes,
+        num_samples=len(train),
+        info={
+            "in_channels": loaded.in_channels,
+            "image_size": list(loaded.image_size),
+            "num_test": len(loaded.test),
+            "class_names": list(loaded.class_names),
+            "sample_ids_sha256": sample_ids_digest(train.sample_ids),
+            **(info or {}),
+        },
+    )
+    try:
+        db.add(dataset)
+        db.flush()
+        labels = train.labels.tolist()
+        rows = [
+            {
+                "dataset_id": dataset.id,
+                "sample_id": sid,
+                "position": i,
+                "label": int(labels[i]),
+                "subject_id": subject,
+            }
+            for i, (sid, subject) in enumerate(
+                zip(train.sample_ids, train.subject_ids, strict=True)
+            )
+        ]
+        db.execute(insert(Sample), rows)
+        subjects = len({r["subject_id"] for r in rows if r["subject_id"] is not None})
+        audit(
+            db,
+            "dataset.registered",
+            actor=actor,
+            payload={
+                "dataset": name,
+                "source": normalised,
+                "num_samples": len(rows),
+                "num_classes": loaded.num_classes,
+                "subjects": subjects,
+                "subject_size": subject_size,
+                "split_seed": split_seed,
+                "test_fraction": test_fraction,
+            },
+        )
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        raise ConflictError(f"a dataset named {name!r} already exists") from None
+    except BaseException:
+        db.rollback()
+        raise
+    return dataset
+
+
+def register_upload(
+    *,
+    db: Session,
+    name: str,
+    fileobj: BinaryIO,
+    subject_size: int | None = None,
+    split_seed: int = 0,
+    test_fraction: float = 0.2,
+    actor: str | None = None,
+    filename: str | None = None,
+) -> Dataset:
+    """Keep an uploaded ``.npz`` manifest under :func:`upload_dir` and register it.
+
+    The file is written to a temporary name, validated by registering it, and only then
+    kept under ``<name>-<sha256[:16]>.npz``; a manifest that fails leaves no file behind.
+    """
+    if get(db=db, name=name) is not None:
+        raise ConflictError(f"a dataset named {name!r} already exists")
+    folder = upload_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    size = 0
+    fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=".npz", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := fileobj.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        if size == 0:
+            raise DatasetError("the uploaded file is empty; send an .npz manifest")
+        digest = h.hexdigest()
+        final = folder / f"{name}-{digest[:16]}.npz"
+        os.replace(tmp, final)
+        try:
+            return register(
+                db=db,
+                name=name,
+                source=str(final),
+                subject_size=subject_size,
+                split_seed=split_seed,
+                test_fraction=test_fraction,
+                actor=actor,
+                info={"upload": {"filename": filename, "sha256": digest, "size": size}},
+            )
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+    finally:
+        tmp.unlink(missing_ok=True)

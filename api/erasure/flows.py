@@ -1,0 +1,598 @@
+"""Processing an erasure request's jobs: claim, unlearn, evaluate, publish, tombstone.
+
+One job is the work of one request on one model. :func:`process_job` runs it in three kinds
+of transaction:
+
+1. **claim** (short): lock the request row, then the job row (``FOR UPDATE SKIP LOCKED`` on
+   PostgreSQL, so two workers never take the same job); ``queued -> running`` for the job
+   and, for its first job, the request; audit ``request.running`` / ``job.started``.
+2. **work** (long): lock the model's :class:`TrainingRun` row ``FOR UPDATE`` — this
+   serialises every change to a model lineage — and run
+   :func:`unlearning_core.pipeline.apply_method` with the lineage ledger kept in that row
+   (:class:`DbLedger`), then :func:`unlearning_core.pipeline.report` for the metrics. The
+   new weights blob is written by then, but nothing counts until this transaction commits:
+   the ledger change, the :class:`ModelVersion` row, the job's result and (for the last
+   job) the tombstones and the request's completion commit together, or not at all.
+   Progress (``job.progress`` / ``job.step``) is committed from a separate short session
+   so polling clients see it while the work transaction is open.
+3. **fail** (short, on any exception): job and request ``failed`` with a readable message,
+   audited. ``POST /admin/requests/{id}/retry`` queues the failed jobs again.
+
+Exactly once: a job is only claimed while ``queued`` with no version, and its result is only
+recorded if, under the row lock, it is still ``running`` in the attempt that claimed it.
+The ledger (in the same transaction as the version row) makes a retry after a crash redo
+the same subtraction rather than subtract a batch twice. When every batch of a forget set
+was already subtracted (a repeated request), nothing is published: the job is linked to
+the current head version.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from api.audit.service import append as audit_append
+from api.database.core import utcnow
+from api.datasets.models import Sample
+from api.erasure import states
+from api.erasure.models import ErasureRequest, RequestJob
+from api.erasure.states import JobStatus, RequestStatus
+from api.registry.models import Model, ModelVersion, TrainingRun
+from unlearning_core.errors import BlobNotFoundError, LetheError, RunError
+from unlearning_core.forget import ForgetSpec
+from unlearning_core.pipeline import MethodRun, apply_method, report
+from unlearning_core.runs.artifact import open_artifact, run_prefix
+from unlearning_core.runs.ledger import Ledger, VersionEntry
+from unlearning_core.store import BlobStore
+
+log = logging.getLogger("lethe.erasure")
+
+SessionFactory = Callable[[], Session]
+WORKER = "worker"
+
+#: Keys of :func:`unlearning_core.pipeline.report` not kept in a version's metrics: they
+#: repeat the version row (number, weights, method) or name the run.
+NOT_METRICS = frozenset({"run_id", "method", "version", "new_version", "weights", "weights_sha256"})
+
+
+class DbLedger:
+    """The lineage ledger in ``training_runs.ledger`` (:class:`LedgerStore` protocol).
+
+    ``save`` only assigns the column: the caller's transaction commits it together with
+    the version row it belongs to. A row without a ledger (a run adopted from the blob
+    store) starts from the run's ``ledger.json``.
+    """
+
+    def __init__(
+        self, session: Session, run: TrainingRun, *, store: BlobStore | None = None
+    ) -> None:
+        self.session = session
+        self.run = run
+        self.store = store
+
+    def load(self) -> Ledger:
+        if self.run.ledger is None:
+            if self.store is None:
+                raise RunError(f"training run {self.run.run_id!r} has no ledger in the database")
+            return Ledger.model_validate(
+                self.store.get_json(f"{run_prefix(self.run.run_id)}/ledger.json")
+            )
+        return Ledger.model_validate(self.run.ledger)
+
+    def save(self, ledger: Ledger) -> None:
+        self.run.ledger = ledger.model_dump(mode="json")  # a fresh dict: the ORM sees the change
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker took: enough to do the job and to prove it still owns it at the end."""
+
+    job_id: int
+    request_id: str
+    attempt: int
+    model_id: int
+    model_name: str
+    method: str
+    sample_ids: tuple[str, ...]
+
+
+def error_text(exc: BaseException) -> str:
+    """One readable line for the job and the request."""
+    if isinstance(exc, LetheError):
+        text = str(exc)
+    else:
+        text = f"internal error ({type(exc).__name__}: {exc})"
+    return text[:1900]
+
+
+# ---------------------------------------------------------------------------------------
+# Finding and claiming
+# ---------------------------------------------------------------------------------------
+
+
+def next_queued_job(
+    *, session_factory: SessionFactory, exclude: set[int] | frozenset[int] = frozenset()
+) -> int | None:
+    """The oldest queued job of a workable request (received first, then job order)."""
+    with session_factory() as db:
+        query = (
+            select(RequestJob.id)
+            .join(ErasureRequest, ErasureRequest.id == RequestJob.request_id)
+            .where(
+                RequestJob.status == JobStatus.QUEUED,
+                ErasureRequest.status.in_([s.value for s in states.WORKABLE]),
+            )
+            .order_by(ErasureRequest.received_at, RequestJob.id)
+            .limit(1)
+        )
+        if exclude:
+            query = query.where(RequestJob.id.not_in(sorted(exclude)))
+        return db.scalar(query)
+
+
+def _lock_request(
+    db: Session, request_id: str, *, skip_locked: bool = False
+) -> ErasureRequest | None:
+    return db.scalar(
+        select(ErasureRequest)
+        .where(ErasureRequest.id == request_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )
+
+
+def _lock_job(db: Session, job_id: int, *, skip_locked: bool = False) -> RequestJob | None:
+    return db.scalar(
+        select(RequestJob)
+        .where(RequestJob.id == job_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )
+
+
+def claim(
+    *, session_factory: SessionFactory, job_id: int, device: torch.device | str
+) -> Claim | None:
+    """Take ``job_id`` if it is still queued and its request workable; ``None`` otherwise.
+
+    Locks request then job (the order every writer of both uses), skipping rows another
+    transaction holds, and commits ``running`` so the claim is visible at once.
+    """
+    with session_factory() as db:
+        request_id = db.scalar(select(RequestJob.request_id).where(RequestJob.id == job_id))
+        if request_id is None:
+            return None
+        request = _lock_request(db, request_id, skip_locked=True)
+        if request is None or request.status not in states.WORKABLE:
+            return None
+        job = _lock_job(db, job_id, skip_locked=True)
+        if job is None or job.status != JobStatus.QUEUED:
+            return None
+        model = db.get(Model, job.model_id)
+        assert model is not None
+        if job.version_id is not None:  # a result is already recorded: never publish twice
+            log.warning(
+                "job %s is queued but already answered by version row %s; not running it",
+                job.id,
+                job.version_id,
+            )
+            return None
+        if request.status == RequestStatus.QUEUED:
+            states.transition(db, request, RequestStatus.RUNNING, actor=WORKER)
+        job.status = JobStatus.RUNNING
+        job.attempts = (job.attempts or 0) + 1
+        job.progress, job.step = 0.05, "claimed"
+        job.error = None
+        job.device = str(device)
+        job.started_at, job.finished_at = utcnow(), None
+        audit_append(
+            db,
+            "job.started",
+            request_id=request.id,
+            model_name=model.name,
+            actor=WORKER,
+            payload={
+                "job_id": job.id,
+                "attempt": job.attempts,
+                "method": job.method,
+                "device": str(device),
+                "samples": len(job.sample_ids or []),
+            },
+        )
+        db.commit()
+        return Claim(
+            job_id=job.id,
+            request_id=request.id,
+            attempt=job.attempts,
+            model_id=model.id,
+            model_name=model.name,
+            method=job.method,
+            sample_ids=tuple(job.sample_ids or ()),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Doing the work
+# ---------------------------------------------------------------------------------------
+
+
+def _progress(session_factory: SessionFactory, c: Claim, progress: float, step: str) -> None:
+    """Commit the job's progress from its own short transaction (status polls see it)."""
+    with session_factory() as db:
+        db.execute(
+            update(RequestJob)
+            .where(
+                RequestJob.id == c.job_id,
+                RequestJob.status == JobStatus.RUNNING,
+                RequestJob.attempts == c.attempt,
+            )
+            .values(progress=progress, step=step)
+            .execution_options(synchronize_session=False)
+        )
+        db.commit()
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON (numpy scalars to Python, NaN/inf to null: PostgreSQL's JSON refuses them)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _metrics(full: dict[str, Any]) -> dict[str, Any]:
+    return jsonable({k: v for k, v in full.items() if k not in NOT_METRICS})
+
+
+def _version_row(db: Session, model_id: int, entry: VersionEntry) -> ModelVersion:
+    """The row of an existing ledger version (created if a lineage predates its row)."""
+    row = db.scalar(
+        select(ModelVersion).where(
+            ModelVersion.model_id == model_id, ModelVersion.number == entry.version
+        )
+    )
+    if row is None:
+        row = ModelVersion(
+            model_id=model_id,
+            number=entry.version,
+            parent_number=entry.parent,
+            method=entry.method,
+            weights_key=entry.weights.key,
+            weights_sha256=entry.weights.sha256,
+            weights_size=entry.weights.size,
+            metrics={},
+            created_at=entry.created_at,
+        )
+        db.add(row)
+        db.flush()
+    return row
+
+
+def _tombstone(db: Session, store: BlobStore, request: ErasureRequest) -> int:
+    """Mark the request's samples erased in every affected dataset (first erasure wins) and
+    delete their raw blobs if Lethe stored them; returns how many samples it newly erased."""
+    now = utcnow()
+    erased = 0
+    jobs = db.execute(
+        select(RequestJob.sample_ids, Model.dataset_id)
+        .join(Model, Model.id == RequestJob.model_id)
+        .where(RequestJob.request_id == request.id)
+    ).all()
+    by_dataset: dict[int, set[str]] = {}
+    for sample_ids, dataset_id in jobs:
+        by_dataset.setdefault(dataset_id, set()).update(sample_ids or ())
+    for dataset_id, sample_ids in by_dataset.items():
+        ids = sorted(sample_ids)
+        for start in range(0, len(ids), 5000):
+            chunk = ids[start : start + 5000]
+            for sample in db.scalars(
+                select(Sample).where(
+                    Sample.dataset_id == dataset_id,
+                    Sample.sample_id.in_(chunk),
+                    Sample.raw_blob_key.is_not(None),
+                )
+            ):
+                store.delete(sample.raw_blob_key)  # idempotent; before commit, so never left behind
+                sample.raw_blob_key = None
+            result = db.execute(
+                update(Sample)
+                .where(
+                    Sample.dataset_id == dataset_id,
+                    Sample.sample_id.in_(chunk),
+                    Sample.erased_at.is_(None),
+                )
+                .values(erased_at=now, erased_by_request=request.id)
+                .execution_options(synchronize_session=False)
+            )
+            erased += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return erased
+
+
+def _record(
+    db: Session,
+    store: BlobStore,
+    c: Claim,
+    *,
+    run: TrainingRun,
+    done: MethodRun | None,
+    metrics: dict[str, Any],
+    details: dict[str, Any],
+) -> bool:
+    """In the work transaction: the version row (or the head's), the job's result, and the
+    request's completion if this was its last job. False if the claim was lost."""
+    request = _lock_request(db, c.request_id)
+    job = _lock_job(db, c.job_id)
+    if (
+        request is None
+        or job is None
+        or job.status != JobStatus.RUNNING
+        or job.attempts != c.attempt
+        or job.version_id
+    ):
+        log.warning(
+            "job %s (attempt %s) is no longer ours; discarding its result", c.job_id, c.attempt
+        )
+        return False
+    changed = done is not None and done.outcome.changed
+    if changed:
+        assert done is not None and done.version is not None
+        entry = done.version
+        version = ModelVersion(
+            model_id=c.model_id,
+            number=entry.version,
+            parent_number=entry.parent,
+            method=entry.method,
+            weights_key=entry.weights.key,
+            weights_sha256=entry.weights.sha256,
+            weights_size=entry.weights.size,
+            metrics=metrics,
+            created_at=entry.created_at,
+        )
+        db.add(version)
+        db.flush()
+        audit_append(
+            db,
+            "version.published",
+            request_id=c.request_id,
+            model_name=c.model_name,
+            actor=WORKER,
+            payload={
+                "version": entry.version,
+                "parent": entry.parent,
+                "method": entry.method,
+                "weights_key": entry.weights.key,
+                "weights_sha256": entry.weights.sha256,
+                "weights_size": entry.weights.size,
+                "metrics": metrics,
+            },
+        )
+    else:
+        head = (
+            done.version
+            if done is not None and done.version is not None
+            else DbLedger(db, run, store=store).load().head
+        )
+        version = _version_row(db, c.model_id, head)
+    job.version_id = version.id
+    job.status = JobStatus.COMPLETED
+    job.progress, job.step = 1.0, "done"
+    job.details = details
+    job.finished_at = utcnow()
+    audit_append(
+        db,
+        "job.completed",
+        request_id=c.request_id,
+        model_name=c.model_name,
+        actor=WORKER,
+        payload={
+            "job_id": c.job_id,
+            "version": version.number,
+            "new_version": changed,
+            "batches_subtracted": details.get("batches_subtracted"),
+        },
+    )
+    db.flush()
+    pending = db.scalar(
+        select(RequestJob.id)
+        .where(RequestJob.request_id == c.request_id, RequestJob.status != JobStatus.COMPLETED)
+        .limit(1)
+    )
+    if pending is None and request.status == RequestStatus.RUNNING:
+        erased = _tombstone(db, store, request)
+        versions = [
+            {"model": name, "version": number}
+            for name, number in db.execute(
+                select(Model.name, ModelVersion.number)
+                .join(RequestJob, RequestJob.version_id == ModelVersion.id)
+                .join(Model, Model.id == ModelVersion.model_id)
+                .where(RequestJob.request_id == c.request_id)
+                .order_by(RequestJob.id)
+            )
+        ]
+        request.error = None
+        states.transition(
+            db,
+            request,
+            RequestStatus.COMPLETED,
+            actor=WORKER,
+            payload={"samples_erased": erased, "versions": versions},
+        )
+    return True
+
+
+def _work(
+    *, session_factory: SessionFactory, store: BlobStore, c: Claim, device: torch.device
+) -> None:
+    with session_factory() as db, db.no_autoflush:
+        run = db.scalar(
+            select(TrainingRun)
+            .where(TrainingRun.model_id == c.model_id, TrainingRun.status == "completed")
+            .order_by(TrainingRun.id.desc())
+            .limit(1)
+            .with_for_update()
+        )
+        if run is None:
+            raise RunError(f"model {c.model_name!r} has no completed training run to unlearn from")
+        artifact = open_artifact(store, run.run_id)
+        in_run = set(artifact.sample_table["sample_ids"])
+        forget = tuple(s for s in c.sample_ids if s in in_run)
+        base = {
+            "run_id": run.run_id,
+            "forget_samples": len(forget),
+            "samples_not_in_run": len(c.sample_ids) - len(forget),
+        }
+        if not forget:  # the dataset holds them, this run never trained on them: nothing to undo
+            _progress(session_factory, c, 0.9, "publishing")
+            recorded = _record(
+                db,
+                store,
+                c,
+                run=run,
+                done=None,
+                metrics={},
+                details={**base, "batches_subtracted": 0},
+            )
+        else:
+            _progress(session_factory, c, 0.1, "unlearning")
+            done = apply_method(
+                store,
+                run_id=run.run_id,
+                method=c.method,
+                forget=ForgetSpec(sample_ids=forget),
+                device=device,
+                publish=True,
+                ledger_store=DbLedger(db, run, store=store),
+            )
+            changed = done.outcome.changed
+            _progress(session_factory, c, 0.5, "evaluating" if changed else "publishing")
+            full = report(done, evaluate=changed)
+            _progress(session_factory, c, 0.9, "publishing")
+            details = {
+                **base,
+                "unlearn_seconds": done.outcome.unlearn_seconds,
+                "recovery_seconds": done.outcome.recovery_seconds,
+                **done.outcome.details,
+                "new_version": changed,
+            }
+            recorded = _record(
+                db, store, c, run=run, done=done, metrics=_metrics(full), details=jsonable(details)
+            )
+        if recorded:
+            db.commit()
+        else:
+            db.rollback()
+
+
+def _fail(*, session_factory: SessionFactory, c: Claim, error: str) -> None:
+    with session_factory() as db:
+        request = _lock_request(db, c.request_id)
+        job = _lock_job(db, c.job_id)
+        if (
+            request is None
+            or job is None
+            or job.status != JobStatus.RUNNING
+            or job.attempts != c.attempt
+        ):
+            return
+        job.status = JobStatus.FAILED
+        job.error = error
+        job.step = "failed"
+        job.finished_at = utcnow()
+        audit_append(
+            db,
+            "job.failed",
+            request_id=c.request_id,
+            model_name=c.model_name,
+            actor=WORKER,
+            payload={"job_id": c.job_id, "attempt": c.attempt, "error": error},
+        )
+        if request.status == RequestStatus.RUNNING:
+            request.error = f"model {c.model_name!r}: {error}"[:2000]
+            states.transition(db, request, RequestStatus.FAILED, actor=WORKER, reason=request.error)
+        db.commit()
+
+
+def run_claimed(
+    *, session_factory: SessionFactory, store: BlobStore, claim: Claim, device: torch.device
+) -> bool:
+    """Do a claimed job; any exception fails it (readably). True if it completed."""
+    try:
+        _work(session_factory=session_factory, store=store, c=claim, device=device)
+    except Exception as exc:  # the job's failure, recorded on it; the worker goes on
+        if isinstance(exc, LetheError) and not isinstance(exc, BlobNotFoundError):
+            log.warning("erasure job %s on %s failed: %s", claim.job_id, claim.model_name, exc)
+        else:
+            log.exception("erasure job %s on %s failed", claim.job_id, claim.model_name)
+        _fail(session_factory=session_factory, c=claim, error=error_text(exc))
+        return False
+    log.info(
+        "erasure job %s on %s done (request %s)", claim.job_id, claim.model_name, claim.request_id
+    )
+    return True
+
+
+def process_job(
+    *, session_factory: SessionFactory, store: BlobStore, job_id: int, device: torch.device
+) -> None:
+    """Claim ``job_id`` and do it; returns quietly if another worker has it or it is not queued."""
+    taken = claim(session_factory=session_factory, job_id=job_id, device=device)
+    if taken is not None:
+        run_claimed(session_factory=session_factory, store=store, claim=taken, device=device)
+
+
+def requeue_interrupted(*, session_factory: SessionFactory) -> int:
+    """Re-queue jobs left ``running`` by a worker that died (their requests go back to
+    ``queued``); returns how many jobs. Only for the start of a deployment whose worker is
+    the only one (the embedded default): elsewhere a running job may be alive."""
+    with session_factory() as db:
+        request_ids = list(
+            db.scalars(
+                select(RequestJob.request_id)
+                .where(RequestJob.status == JobStatus.RUNNING)
+                .distinct()
+            )
+        )
+        moved = 0
+        for request_id in request_ids:
+            request = _lock_request(db, request_id)
+            assert request is not None
+            jobs = list(
+                db.scalars(
+                    select(RequestJob)
+                    .where(
+                        RequestJob.request_id == request_id, RequestJob.status == JobStatus.RUNNING
+                    )
+                    .with_for_update()
+                )
+            )
+            for job in jobs:
+                job.status, job.progress, job.step = JobStatus.QUEUED, 0.0, None
+            moved += len(jobs)
+            if request.status == RequestStatus.RUNNING:
+                states.transition(
+                    db,
+                    request,
+                    RequestStatus.QUEUED,
+                    actor=WORKER,
+                    reason="worker restarted",
+                    payload={"jobs": len(jobs)},
+                )
+        db.commit()
+        return moved

@@ -1,0 +1,62 @@
+"""Erasure requests and their per-model jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from api.database.core import Base, UTCDateTime, utcnow
+
+
+class ErasureRequest(Base):
+    __tablename__ = "erasure_requests"
+    __table_args__ = (
+        Index("ix_erasure_requests_tenant_idem", "tenant", "idempotency_key", unique=True),
+        Index("ix_erasure_requests_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+    subject_id: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    sample_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    target_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    method: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    status: Mapped[str] = mapped_column(String(24))
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    jobs: Mapped[list[RequestJob]] = relationship(back_populates="request", lazy="raise", order_by="RequestJob.id")
+
+
+class RequestJob(Base):
+    """The work of one request on one model; links the request to the version answering it."""
+
+    __tablename__ = "request_jobs"
+    __table_args__ = (Index("ix_request_jobs_status", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("erasure_requests.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    method: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(24), default="queued")
+    progress: Mapped[float] = mapped_column(default=0.0)
+    step: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    sample_ids: Mapped[list[str]] = mapped_column(JSON, default=list)  # training samples to forget
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    device: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    request: Mapped[ErasureRequest] = relationship(back_populates="jobs", lazy="raise")

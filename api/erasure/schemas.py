@@ -1,0 +1,179 @@
+"""Pydantic v2 shapes of the erasure API (request bodies and responses)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from api.erasure.states import JobStatus, RequestStatus
+from unlearning_core.methods import method_names
+
+MAX_SAMPLE_IDS = 10_000
+MAX_MODELS = 100
+
+
+def _dedupe(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+class ErasureRequestCreate(BaseModel):
+    """What to erase (a data subject, sample ids, or both), from which models, and how."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {"subject_id": "subject-0007"},
+                {"sample_ids": ["17", "42"], "models": ["demo-digits"]},
+            ]
+        },
+    )
+
+    subject_id: str | None = Field(
+        default=None, min_length=1, max_length=256, description="data-subject id"
+    )
+    sample_ids: list[str] | None = Field(
+        default=None,
+        max_length=MAX_SAMPLE_IDS,
+        description="sample ids (training samples of the models' datasets)",
+    )
+    models: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_MODELS,
+        description="target model names; default: every ready model whose training data held the samples",
+    )
+    method: str | None = Field(
+        default=None,
+        description="unlearning method overriding each model's default (see `lethe unlearn --help`)",
+    )
+
+    @field_validator("sample_ids", "models")
+    @classmethod
+    def _ids(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        for v in values:
+            if not v or len(v) > 256:
+                raise ValueError("ids must be 1 to 256 characters")
+        return _dedupe(values)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str | None) -> str | None:
+        if value is not None and value not in method_names():
+            raise ValueError(
+                f"unknown unlearning method {value!r}; known: {', '.join(method_names())}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> ErasureRequestCreate:
+        if not self.subject_id and not self.sample_ids:
+            raise ValueError("name what to erase: give subject_id and/or a non-empty sample_ids")
+        return self
+
+    def canonical_sha256(self) -> str:
+        """sha256 of the body as canonical JSON (what the Idempotency-Key is bound to)."""
+        body = self.model_dump(mode="json", exclude_none=True)
+        return hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+
+
+class ErasureRequestAccepted(BaseModel):
+    id: str
+    status: RequestStatus
+    status_url: str
+    due_at: datetime
+
+
+class VersionOut(BaseModel):
+    number: int
+    weights_sha256: str
+    metrics: dict[str, Any]
+
+
+class JobOut(BaseModel):
+    model: str
+    method: str
+    status: JobStatus
+    progress: float
+    step: str | None
+    error: str | None
+    attempts: int
+    device: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    details: dict[str, Any]
+    version: VersionOut | None
+
+
+class RequestStatusOut(BaseModel):
+    id: str
+    status: RequestStatus
+    subject_id: str | None
+    sample_ids: list[str]
+    method: str | None
+    received_at: datetime
+    due_at: datetime
+    overdue: bool
+    completed_at: datetime | None
+    error: str | None
+    jobs: list[JobOut]
+
+
+class RequestSummary(BaseModel):
+    id: str
+    status: RequestStatus
+    subject_id: str | None
+    sample_count: int
+    models: list[str]
+    received_at: datetime
+    due_at: datetime
+    overdue: bool
+    completed_at: datetime | None
+    error: str | None
+
+
+class RequestPage(BaseModel):
+    items: list[RequestSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class RequestStats(BaseModel):
+    counts: dict[str, int] = Field(
+        description="requests per status (every status listed, zeros included)"
+    )
+    total: int
+    overdue: int = Field(description="requests not final whose due date has passed")
+    completed: int
+    mean_seconds_to_complete: float | None = Field(
+        description="mean of completed_at - received_at; null if none"
+    )
+
+
+class ActionBody(BaseModel):
+    """Optional body of the admin actions."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class AuditEventOut(BaseModel):
+    seq: int
+    kind: str
+    request_id: str | None
+    model_name: str | None
+    actor: str | None
+    payload: dict[str, Any]
+    created_at: datetime
+    prev_hash: str
+    hash: str

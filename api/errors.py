@@ -1,0 +1,87 @@
+"""Every error leaves the API as JSON ``{"detail": "<one readable message>"}``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.responses import Response
+
+from unlearning_core.errors import (
+    BlobNotFoundError,
+    DatasetError,
+    ForgetSetError,
+    LetheError,
+    MethodError,
+    ModelError,
+    RunError,
+)
+
+
+class ConflictError(LetheError):
+    """The request conflicts with the current state (idempotency key reuse, bad transition)."""
+
+
+class NotFoundError(LetheError):
+    """The named resource does not exist (or belongs to another tenant)."""
+
+
+STATUS_OF = {
+    NotFoundError: 404,
+    BlobNotFoundError: 404,
+    ConflictError: 409,
+    ForgetSetError: 422,
+    DatasetError: 422,
+    ModelError: 422,
+    MethodError: 422,
+    RunError: 422,
+}
+
+
+def _message(errors: list[dict]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _message(list(exc.errors())), "errors": jsonable(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(LetheError)
+    async def _lethe(_: Request, exc: LetheError) -> JSONResponse:
+        code = next((c for t, c in STATUS_OF.items() if isinstance(exc, t)), 400)
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+
+def jsonable(errors: object) -> object:
+    from fastapi.encoders import jsonable_encoder
+
+    return jsonable_encoder(errors, custom_encoder={Exception: str})
+
+
+class BodySizeLimit(BaseHTTPMiddleware):
+    """Refuse bodies over ``max_bytes`` with 413 before a handler reads them."""
+
+    def __init__(self, app, max_bytes: int) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(app)
+        self.max_bytes = max_bytes
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            body = await request.body()  # chunked: read (bounded by the server) and measure
+            if len(body) > self.max_bytes:
+                return JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
+        return await call_next(request)

@@ -1,0 +1,32 @@
+"""The FastAPI application: routers per domain, JSON errors, body size limit."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api.config import Settings, get_settings
+from api.errors import BodySizeLimit, install_error_handlers
+
+DESCRIPTION = """
+Lethe honours GDPR Art. 17 erasure requests against trained neural networks.
+
+Authenticate with an API key: `Authorization: Bearer <key>`. Scopes: `requester` (file and
+read your own erasure requests), `registry` (pull models and versions), `admin` (everything,
+within the key's tenant). Errors are JSON: `{"detail": "<message>"}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    from api.audit.views import router as audit_router
+    from api.datasets.views import router as datasets_router
+    from api.erasure.views import admin_router, router as erasure_router
+    from api.health.views import router as health_router
+    from api.registry.views import router as registry_router
+
+    settings = settings or get_settings()
+    app = FastAPI(title="Lethe", version="0.1.0", description=DESCRIPTION)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for router in (health_router, erasure_router, admin_router, registry_router, datasets_router, audit_router):
+        app.include_router(router)
+    return app

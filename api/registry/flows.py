@@ -1,0 +1,352 @@
+"""Training queued models: claim a run, train it with unlearning_core, publish version 0.
+
+Called by the embedded worker thread (``process_pending_training``) and by the demo seeding
+(``train_model_now``). Each step is its own short transaction, never one held open across
+minutes of training:
+
+1. claim: ``queued -> running`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
+   workers never train the same run; SQLite has a single writer anyway);
+2. train outside any transaction: ``unlearning_core.pipeline.train`` writes the run to the
+   blob store (``runs/<run_id>/``), ``run.json`` last;
+3. publish, in one transaction: run ``completed`` with the lineage ledger copied into the
+   database, ``ModelVersion`` 0, model ``ready``, audit event ``model.trained``.
+
+A failure marks run and model ``failed`` with a readable error and an audit event
+``model.training_failed``. A run whose ``run.json`` already exists in the store (a worker
+died between 2 and 3) is adopted instead of trained again: runs are immutable.
+
+Known limitation: training uses every sample of the dataset as registered. Samples erased
+later are not excluded (a new model on such a dataset is refused at creation, see
+:func:`api.registry.service.create`, and again here before training).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.audit.service import append as audit
+from api.database.core import utcnow
+from api.datasets import service as datasets
+from api.datasets.models import Dataset
+from api.registry import service
+from api.registry.models import Model, ModelVersion, TrainingRun
+from api.registry.schemas import RECORD_OF_METHOD, ModelCreate
+from unlearning_core import pipeline
+from unlearning_core.errors import LetheError, RunError
+from unlearning_core.metrics import accuracy, collect_outputs
+from unlearning_core.runs.artifact import open_artifact, run_prefix
+from unlearning_core.runs.spec import RecordingSpec, RunSpec, SisaSpec, TrainingSpec
+from unlearning_core.store import BlobStore
+from unlearning_core.training.loop import resolve_device
+
+log = logging.getLogger("lethe.registry")
+
+SessionFactory = Callable[[], Session]
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, LetheError) else f"{type(exc).__name__}: {exc}"
+    return text[:2000]
+
+
+def claim(*, session_factory: SessionFactory, run_pk: int | None = None) -> int | None:
+    """Move one queued run (the oldest, or ``run_pk``) to ``running``; its primary key, or None."""
+    with session_factory() as db:
+        query = select(TrainingRun).where(TrainingRun.status == "queued")
+        if run_pk is not None:
+            query = query.where(TrainingRun.id == run_pk)
+        run = db.scalar(query.order_by(TrainingRun.id).limit(1).with_for_update(skip_locked=True))
+        if run is None:
+            return None
+        run.status = "running"
+        db.commit()
+        return run.id
+
+
+def _configs(config: dict[str, Any]) -> tuple[TrainingSpec, RecordingSpec, SisaSpec | None]:
+    spec = ModelCreate.model_validate(config)
+    klass, share = spec.concentration()
+    training = TrainingSpec(
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        momentum=spec.momentum,
+        weight_decay=spec.weight_decay,
+        seed=spec.seed,
+        concentrate_class=klass,
+        concentrate_share=share,
+    )
+    recording = RecordingSpec(
+        mode=RECORD_OF_METHOD[spec.method],
+        mask=spec.mask,
+        mask_seed=spec.seed,
+        prune_first=spec.prune_first,
+        prune_last=spec.prune_last,
+        dtype=spec.dtype,
+    )
+    sisa = (
+        SisaSpec(
+            shards=spec.shards,
+            slices=spec.slices,
+            aggregation=spec.aggregation,
+            by_subject=spec.sisa_by_subject,
+        )
+        if spec.method == "sisa"
+        else None
+    )
+    return training, recording, sisa
+
+
+def _evaluate_existing(store: BlobStore, run_id: str, device: torch.device) -> dict[str, Any]:
+    """Metrics of a run found already complete in the store (adopted after a crash)."""
+    run = open_artifact(store, run_id)
+    data = run.dataset()
+    net = run.model_with(run.load_weights(run.spec.trained_weights))
+    res = run.spec.results
+    return {
+        "train_seconds": res.train_seconds,
+        "storage_bytes": res.storage_bytes,
+        "steps": res.steps,
+        "device": res.device,
+        "test_acc": accuracy(collect_outputs(net, data.test, device=device)),
+        "train_acc": accuracy(collect_outputs(net, data.train, device=device)),
+    }
+
+
+def _train_in_store(
+    *,
+    store: BlobStore,
+    run_id: str,
+    model: Model,
+    dataset: Dataset,
+    config: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    prefix = run_prefix(run_id)
+    if store.exists(f"{prefix}/run.json"):
+        log.warning("training run %s is already complete in %s; adopting it", run_id, store.url)
+        return _evaluate_existing(store, run_id, device)
+    training, recording, sisa = _configs(config)
+    return pipeline.train(
+        store,
+        run_id=run_id,
+        dataset=datasets.dataset_spec(dataset),
+        model=model.architecture,
+        training=training,
+        recording=recording,
+        sisa=sisa,
+        device=device,
+    )
+
+
+def _check_samples(store: BlobStore, spec: RunSpec, dataset: Dataset) -> None:
+    """The run's training samples must be the dataset's rows, or lineage would be wrong."""
+    expected = (dataset.info or {}).get("sample_ids_sha256")
+    table = store.get_json(spec.samples.key, expected_sha256=spec.samples.sha256)
+    ids = table["sample_ids"]
+    if len(ids) != dataset.num_samples or (
+        expected and datasets.sample_ids_digest(ids) != expected
+    ):
+        raise RunError(
+            f"dataset {dataset.name!r} ({dataset.source}) no longer holds the samples it was registered with "
+            f"({len(ids)} training samples now, {dataset.num_samples} registered); register it again"
+        )
+
+
+def _publish(
+    *,
+    session_factory: SessionFactory,
+    run_pk: int,
+    spec: RunSpec,
+    ledger: dict[str, Any],
+    metrics: dict[str, Any],
+) -> None:
+    with session_factory() as db:
+        run = db.get(TrainingRun, run_pk, with_for_update=True)
+        assert run is not None
+        model = db.get(Model, run.model_id)
+        assert model is not None
+        weights = spec.trained_weights
+        version = ModelVersion(
+            model_id=model.id,
+            number=0,
+            parent_number=None,
+            method="train",
+            weights_key=weights.key,
+            weights_sha256=weights.sha256,
+            weights_size=weights.size,
+            metrics=metrics,
+        )
+        db.add(version)
+        run.status = "completed"
+        run.error = None
+        run.ledger = ledger
+        run.finished_at = utcnow()
+        model.status = "ready"
+        db.flush()
+        audit(
+            db,
+            "model.trained",
+            model_name=model.name,
+            payload={
+                "run_id": run.run_id,
+                "version": 0,
+                "method": model.method,
+                "architecture": model.architecture,
+                "weights_key": weights.key,
+                "weights_sha256": weights.sha256,
+                "weights_size": weights.size,
+                "metrics": metrics,
+            },
+        )
+        db.commit()
+
+
+def _fail(*, session_factory: SessionFactory, run_pk: int, error: str) -> None:
+    with session_factory() as db:
+        run = db.get(TrainingRun, run_pk, with_for_update=True)
+        if run is None:
+            return
+        model = db.get(Model, run.model_id)
+        run.status = "failed"
+        run.error = error
+        run.finished_at = utcnow()
+        if model is not None:
+            model.status = "failed"
+        audit(
+            db,
+            "model.training_failed",
+            model_name=model.name if model else None,
+            payload={"run_id": run.run_id, "error": error},
+        )
+        db.commit()
+
+
+def process_training_run(
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    device: torch.device | str | None,
+    run_pk: int,
+) -> bool:
+    """Train one claimed (``running``) run and publish version 0; False if it failed."""
+    with session_factory() as db:
+        run = db.get(TrainingRun, run_pk)
+        assert run is not None, f"training run {run_pk} vanished"
+        model = db.get(Model, run.model_id)
+        dataset = db.get(Dataset, model.dataset_id) if model else None
+        assert model is not None and dataset is not None
+        erased = service.erased_count(db=db, dataset_id=dataset.id)
+        run_id, config = run.run_id, dict(run.config)
+        db.expunge_all()
+    log.info(
+        "training %s (model %s, %s on %s)", run_id, model.name, model.architecture, dataset.name
+    )
+    try:
+        if erased:
+            raise RunError(
+                f"dataset {dataset.name!r} has {erased} erased samples; training on it would reintroduce "
+                "erased data (excluding them is not supported yet)"
+            )
+        dev = _device(device)
+        result = _train_in_store(
+            store=store, run_id=run_id, model=model, dataset=dataset, config=config, device=dev
+        )
+        prefix = run_prefix(run_id)
+        spec = RunSpec.model_validate(store.get_json(f"{prefix}/run.json"))
+        _check_samples(store, spec, dataset)
+        ledger = store.get_json(f"{prefix}/ledger.json")
+        metrics = {
+            "test_acc": result.get("test_acc"),
+            "train_acc": result.get("train_acc"),
+            "train_seconds": result["train_seconds"],
+            "storage_bytes": result["storage_bytes"],
+            "steps": result.get("steps"),
+            "device": result.get("device"),
+        }
+        _publish(
+            session_factory=session_factory,
+            run_pk=run_pk,
+            spec=spec,
+            ledger=ledger,
+            metrics=metrics,
+        )
+    except Exception as exc:  # any failure is the run's, reported on it; the worker goes on
+        if not isinstance(exc, LetheError):
+            log.exception("training run %s failed", run_id)
+        else:
+            log.warning("training run %s failed: %s", run_id, exc)
+        _fail(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
+        return False
+    log.info("trained %s: model %s version 0 ready", run_id, model.name)
+    return True
+
+
+def process_pending_training(
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    device: torch.device | str | None,
+    limit: int | None = None,
+) -> int:
+    """Train queued runs one after another (at most ``limit``); returns how many were processed
+    (succeeded or failed). Safe to call from several workers at once."""
+    done = 0
+    while limit is None or done < limit:
+        run_pk = claim(session_factory=session_factory)
+        if run_pk is None:
+            break
+        process_training_run(
+            session_factory=session_factory, store=store, device=device, run_pk=run_pk
+        )
+        done += 1
+    return done
+
+
+def requeue_interrupted_training(*, session_factory: SessionFactory) -> int:
+    """Put runs left ``running`` by a process that died back in the queue; returns how many.
+
+    Only for start-up of a deployment whose worker is the only one (the embedded default):
+    with several workers a ``running`` run may be in progress elsewhere.
+    """
+    with session_factory() as db:
+        runs = list(
+            db.scalars(select(TrainingRun).where(TrainingRun.status == "running").with_for_update())
+        )
+        for run in runs:
+            run.status = "queued"
+        db.commit()
+        return len(runs)
+
+
+def train_model_now(
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    device: torch.device | str | None,
+    spec: ModelCreate | dict[str, Any],
+    actor: str | None = None,
+) -> Model:
+    """Create a model and train it synchronously (demo seeding, scripts); returns the model row
+    as it ends (``ready``, or ``failed`` with the error on its training run). Raises like
+    :func:`api.registry.service.create` for bad input."""
+    body = spec if isinstance(spec, ModelCreate) else ModelCreate.model_validate(spec)
+    with session_factory() as db:
+        _model, run = service.create(db=db, spec=body, store=store, actor=actor)
+        run_pk = run.id
+    if claim(session_factory=session_factory, run_pk=run_pk) is not None:
+        process_training_run(
+            session_factory=session_factory, store=store, device=device, run_pk=run_pk
+        )
+    with session_factory() as db:
+        return service.get_or_raise(db=db, name=body.name)

@@ -1,0 +1,70 @@
+"""Models, their training runs and their immutable versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from api.database.core import Base, UTCDateTime, utcnow
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    architecture: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(32))  # training method: plain|amnesiac|partial-amnesiac|sisa
+    unlearn_method: Mapped[str] = mapped_column(String(32))  # default method for erasure requests
+    status: Mapped[str] = mapped_column(String(16), default="training")  # training|ready|failed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    runs: Mapped[list[TrainingRun]] = relationship(back_populates="model", lazy="raise")
+    versions: Mapped[list[ModelVersion]] = relationship(
+        back_populates="model", lazy="raise", order_by="ModelVersion.number"
+    )
+
+
+class TrainingRun(Base):
+    """A run in the blob store; ``ledger`` is the lineage ledger (subtracted batches, SISA
+    checkpoints), kept here so it changes in the same transaction as the version it makes."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(String(128), unique=True)
+    store_url: Mapped[str] = mapped_column(String(1024))
+    method: Mapped[str] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|completed|failed
+    error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    ledger: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    model: Mapped[Model] = relationship(back_populates="runs", lazy="raise")
+
+
+class ModelVersion(Base):
+    """Immutable once written: nothing updates a row of this table."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_model_versions_model_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    parent_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    method: Mapped[str] = mapped_column(String(32))
+    weights_key: Mapped[str] = mapped_column(String(1024))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    weights_size: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")

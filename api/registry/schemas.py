@@ -1,0 +1,193 @@
+"""Request and response bodies of the model registry and of training through the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from api.datasets.schemas import NAME_PATTERN
+from unlearning_core.methods import get_method, method_names
+from unlearning_core.models import model_names
+
+TrainMethod = Literal["plain", "amnesiac", "partial-amnesiac", "sisa"]
+
+#: What a training method records, and the unlearning method its erasure requests use by
+#: default (the request may override it with any method the recorded run supports).
+RECORD_OF_METHOD: dict[str, str] = {
+    "plain": "none",
+    "amnesiac": "full",
+    "partial-amnesiac": "partial",
+    "sisa": "none",
+}
+DEFAULT_UNLEARN_METHOD: dict[str, str] = {
+    "plain": "retrain",
+    "amnesiac": "amnesiac",
+    "partial-amnesiac": "partial-amnesiac",
+    "sisa": "sisa",
+}
+
+
+class ModelCreate(BaseModel):
+    """Train a model on a registered dataset; the knobs are those of ``lethe train``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "demo-digits",
+                    "dataset": "digits",
+                    "architecture": "small-cnn",
+                    "method": "partial-amnesiac",
+                    "epochs": 2,
+                }
+            ]
+        },
+    )
+
+    name: str = Field(
+        pattern=NAME_PATTERN, description="Unique model name; letters, digits, '.', '_', '-'"
+    )
+    dataset: str = Field(min_length=1, description="Name of a registered dataset")
+    architecture: str = Field(description="A registered architecture: " + ", ".join(model_names()))
+    method: TrainMethod = Field(
+        default="partial-amnesiac",
+        description="What training prepares for: plain (nothing recorded), amnesiac (full per-step updates), "
+        "partial-amnesiac (pruned updates) or sisa (shards and slice checkpoints)",
+    )
+    unlearn_method: str | None = Field(
+        default=None,
+        description="Default unlearning method of erasure requests on this model "
+        "[default: retrain for plain, amnesiac for amnesiac, partial-amnesiac for partial-amnesiac, sisa for sisa]",
+    )
+    epochs: int = Field(default=2, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    lr: float = Field(default=0.01, gt=0.0, le=10.0)
+    momentum: float = Field(default=0.9, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    seed: int = 0
+    prune_first: float = Field(
+        default=0.99,
+        ge=0.0,
+        lt=1.0,
+        description="Pruning share of the first layer's recorded updates",
+    )
+    prune_last: float = Field(
+        default=0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Pruning share of the last layer's recorded updates",
+    )
+    mask: Literal["random", "magnitude"] = "random"
+    dtype: Literal["float32", "float16"] = Field(
+        default="float32", description="Precision of stored updates"
+    )
+    shards: int = Field(default=8, ge=1, le=256, description="SISA: shards")
+    slices: int = Field(default=4, ge=1, le=256, description="SISA: slices per shard")
+    aggregation: Literal["softmax", "vote"] = Field(
+        default="softmax", description="SISA: how shard outputs combine"
+    )
+    sisa_by_subject: bool = Field(
+        default=False, description="SISA: keep a data subject's samples in one shard and slice"
+    )
+    concentrate: str | None = Field(
+        default=None,
+        description="K:Q puts every training sample of class K into a share Q of the batches",
+    )
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        known = model_names()
+        if value not in known:
+            raise ValueError(f"unknown architecture {value!r}; known: {', '.join(known)}")
+        return value
+
+    @field_validator("concentrate")
+    @classmethod
+    def _concentrate(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        klass, sep, share = value.partition(":")
+        try:
+            k, q = int(klass), float(share)
+        except ValueError:
+            k, q = -1, -1.0
+        if not sep or k < 0 or not 0.0 < q <= 1.0:
+            raise ValueError(
+                f"concentrate takes CLASS:SHARE such as 3:0.2 (share in (0, 1]), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _unlearn_method(self) -> ModelCreate:
+        if self.unlearn_method is None:
+            self.unlearn_method = DEFAULT_UNLEARN_METHOD[self.method]
+        if self.unlearn_method not in method_names():
+            raise ValueError(
+                f"unknown unlearn_method {self.unlearn_method!r}; known: {', '.join(method_names())}"
+            )
+        impl = get_method(self.unlearn_method)
+        if self.method not in impl.trained_with:
+            raise ValueError(
+                f"unlearn_method {self.unlearn_method!r} cannot work from a model trained with method "
+                f"{self.method!r}; it needs {' or '.join(impl.trained_with)}"
+            )
+        return self
+
+    def concentration(self) -> tuple[int | None, float | None]:
+        if self.concentrate is None:
+            return None, None
+        klass, _, share = self.concentrate.partition(":")
+        return int(klass), float(share)
+
+
+class TrainingRunOut(BaseModel):
+    run_id: str
+    status: str = Field(description="queued | running | completed | failed")
+    error: str | None
+    store_url: str
+    config: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class ModelSummary(BaseModel):
+    name: str
+    dataset: str
+    architecture: str
+    method: str = Field(description="Training method")
+    unlearn_method: str = Field(description="Default unlearning method of erasure requests")
+    status: str = Field(description="training | ready | failed")
+    latest_version: int | None = Field(
+        description="Number of the newest version; null until trained"
+    )
+    created_at: datetime
+
+
+class ModelOut(ModelSummary):
+    versions: int = Field(description="How many versions exist")
+    training: TrainingRunOut | None = Field(
+        description="The training run (status, error, configuration)"
+    )
+
+
+class VersionOut(BaseModel):
+    model: str
+    number: int
+    parent: int | None = Field(
+        description="The version this one was derived from (null for the trained version 0)"
+    )
+    method: str = Field(
+        description="`train` for version 0, else the unlearning method that produced it"
+    )
+    created_at: datetime
+    weights_sha256: str
+    size: int = Field(description="Size of the safetensors weights in bytes")
+    metrics: dict[str, Any]
+    answers: list[str] = Field(
+        description="Ids of the erasure requests (of your tenant) this version answers"
+    )
+    weights_url: str

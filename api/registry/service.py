@@ -1,0 +1,210 @@
+"""Models, training runs and versions: keyword-only queries and the "queue a training" write.
+
+Training itself (minutes of torch) happens outside any request in
+:mod:`api.registry.flows`; here a model is only created with a queued run.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.audit.service import append as audit
+from api.datasets import service as datasets
+from api.datasets.models import Dataset, Sample
+from api.erasure.models import ErasureRequest, RequestJob
+from api.errors import ConflictError, NotFoundError
+from api.registry.models import Model, ModelVersion, TrainingRun
+from api.registry.schemas import ModelCreate
+from unlearning_core.errors import DatasetError, RunError
+from unlearning_core.recording import PruneSchedule
+from unlearning_core.store import BlobStore
+
+
+def get(*, db: Session, name: str) -> Model | None:
+    return db.scalar(select(Model).where(Model.name == name))
+
+
+def get_or_raise(*, db: Session, name: str) -> Model:
+    model = get(db=db, name=name)
+    if model is None:
+        raise NotFoundError(f"no model named {name!r}")
+    return model
+
+
+def latest_numbers(*, db: Session, model_ids: list[int]) -> dict[int, int]:
+    """Newest version number of each model that has one."""
+    if not model_ids:
+        return {}
+    rows = db.execute(
+        select(ModelVersion.model_id, func.max(ModelVersion.number))
+        .where(ModelVersion.model_id.in_(model_ids))
+        .group_by(ModelVersion.model_id)
+    )
+    return {model_id: int(number) for model_id, number in rows}
+
+
+def get_all(*, db: Session) -> list[tuple[Model, str, int | None]]:
+    """Every model with its dataset's name and its latest version number."""
+    rows = db.execute(
+        select(Model, Dataset.name)
+        .join(Dataset, Dataset.id == Model.dataset_id)
+        .order_by(Model.name)
+    ).all()
+    latest = latest_numbers(db=db, model_ids=[m.id for m, _ in rows])
+    return [(model, dataset_name, latest.get(model.id)) for model, dataset_name in rows]
+
+
+def dataset_name(*, db: Session, model: Model) -> str:
+    return db.scalar(select(Dataset.name).where(Dataset.id == model.dataset_id)) or ""
+
+
+def get_version(*, db: Session, model_id: int, number: int) -> ModelVersion | None:
+    return db.scalar(
+        select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.number == number)
+    )
+
+
+def latest_version(*, db: Session, model_id: int) -> ModelVersion | None:
+    return db.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.model_id == model_id)
+        .order_by(ModelVersion.number.desc())
+        .limit(1)
+    )
+
+
+def get_versions(*, db: Session, model_id: int) -> list[ModelVersion]:
+    return list(
+        db.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.model_id == model_id)
+            .order_by(ModelVersion.number)
+        )
+    )
+
+
+def count_versions(*, db: Session, model_id: int) -> int:
+    return int(
+        db.scalar(select(func.count(ModelVersion.id)).where(ModelVersion.model_id == model_id)) or 0
+    )
+
+
+def latest_run(*, db: Session, model_id: int) -> TrainingRun | None:
+    return db.scalar(
+        select(TrainingRun)
+        .where(TrainingRun.model_id == model_id)
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    )
+
+
+def answers(
+    *, db: Session, version_ids: list[int], tenant: str | None = None
+) -> dict[int, list[str]]:
+    """Erasure request ids each version answers (their jobs point at it), oldest first.
+
+    With ``tenant`` only that tenant's requests are listed: request ids are handles to
+    another tenant's data subjects and are not shown across tenants.
+    """
+    out: dict[int, list[str]] = {v: [] for v in version_ids}
+    if not version_ids:
+        return out
+    query = (
+        select(RequestJob.version_id, RequestJob.request_id)
+        .join(ErasureRequest, ErasureRequest.id == RequestJob.request_id)
+        .where(RequestJob.version_id.in_(version_ids))
+        .order_by(ErasureRequest.received_at, RequestJob.id)
+    )
+    if tenant is not None:
+        query = query.where(ErasureRequest.tenant == tenant)
+    for version_id, request_id in db.execute(query):
+        if request_id not in out[version_id]:
+            out[version_id].append(request_id)
+    return out
+
+
+def erased_count(*, db: Session, dataset_id: int) -> int:
+    return int(
+        db.scalar(
+            select(func.count(Sample.id)).where(
+                Sample.dataset_id == dataset_id, Sample.erased_at.is_not(None)
+            )
+        )
+        or 0
+    )
+
+
+def new_run_id(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def create(
+    *, db: Session, spec: ModelCreate, store: BlobStore, actor: str | None = None
+) -> tuple[Model, TrainingRun]:
+    """Create the model (status ``training``) with a queued training run and an audit event.
+
+    The embedded worker (or :func:`api.registry.flows.process_pending_training`) trains it.
+    Raises :class:`ConflictError` for a taken name or a dataset with erased samples (training
+    on it would bring erased data back: excluding them is not implemented yet), and a
+    422-mapped error for an unknown dataset or settings the dataset cannot satisfy. Commits.
+    """
+    if get(db=db, name=spec.name) is not None:
+        raise ConflictError(f"a model named {spec.name!r} already exists")
+    dataset = datasets.get(db=db, name=spec.dataset)
+    if dataset is None:
+        raise DatasetError(
+            f"no dataset named {spec.dataset!r}; register it with POST /datasets first"
+        )
+    erased = erased_count(db=db, dataset_id=dataset.id)
+    if erased:
+        raise ConflictError(
+            f"dataset {dataset.name!r} has {erased} erased samples; training on it would reintroduce erased "
+            "data and excluding them is not supported yet: register the data again without them"
+        )
+    klass, _share = spec.concentration()
+    if klass is not None and klass >= dataset.num_classes:
+        raise RunError(
+            f"concentrate names class {klass}, but dataset {dataset.name!r} has {dataset.num_classes} classes"
+        )
+    PruneSchedule(spec.prune_first, spec.prune_last)  # RunError (422) if out of range
+    assert spec.unlearn_method is not None  # filled in by the schema
+    model = Model(
+        name=spec.name,
+        dataset_id=dataset.id,
+        architecture=spec.architecture,
+        method=spec.method,
+        unlearn_method=spec.unlearn_method,
+        status="training",
+    )
+    try:
+        db.add(model)
+        db.flush()
+        run = TrainingRun(
+            model_id=model.id,
+            run_id=new_run_id(spec.name),
+            store_url=store.url,
+            method=spec.method,
+            config=spec.model_dump(mode="json"),
+            status="queued",
+        )
+        db.add(run)
+        db.flush()
+        audit(
+            db,
+            "model.training_queued",
+            model_name=model.name,
+            actor=actor,
+            payload={"run_id": run.run_id, "dataset": dataset.name, "config": run.config},
+        )
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        raise ConflictError(f"a model named {spec.name!r} already exists") from None
+    except BaseException:
+        db.rollback()
+        raise
+    return model, run
