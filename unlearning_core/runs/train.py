@@ -10,9 +10,9 @@ from unlearning_core.data import Dataset
 from unlearning_core.errors import RunError
 from unlearning_core.models import create_model
 from unlearning_core.recording import UpdateRecorder, float_state
-from unlearning_core.runs.artifact import RecordedRun, run_prefix
+from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.index import StepIndex
-from unlearning_core.runs.ledger import Ledger, VersionEntry
+from unlearning_core.runs.writing import ensure_new_run, publish_run, put_samples
 from unlearning_core.runs.spec import (
     BlobPointer,
     DatasetSpec,
@@ -43,9 +43,7 @@ def train_run(
 
     Runs are immutable: an existing ``run_id`` is an error, never an overwrite.
     """
-    prefix = run_prefix(run_id)
-    if store.exists(f"{prefix}/run.json"):
-        raise RunError(f"run {run_id!r} already exists in {store.url}; runs are immutable")
+    prefix = ensure_new_run(store, run_id)
     torch.manual_seed(training.seed)
     model = create_model(
         model_name,
@@ -78,16 +76,7 @@ def train_run(
 
     trained = save_state(store, f"{prefix}/weights/v0000.safetensors", model.state_dict())
     index = store.put(f"{prefix}/index.safetensors", StepIndex.from_plan(plan).to_bytes())
-    samples = store.put(
-        f"{prefix}/samples.json",
-        json.dumps(
-            {
-                "sample_ids": list(dataset.train.sample_ids),
-                "subject_ids": list(dataset.train.subject_ids),
-                "labels": dataset.train.labels.tolist(),
-            }
-        ).encode(),
-    )
+    samples = put_samples(store, prefix, dataset.train)
     blobs = [BlobPointer.of(b.ref).model_dump() for b in stats.blobs] if stats else []
     updates = store.put(f"{prefix}/updates.json", json.dumps(blobs).encode())
     spec = RunSpec(
@@ -114,10 +103,4 @@ def train_run(
         index=BlobPointer.of(index),
         updates=BlobPointer.of(updates),
     )
-    run = RecordedRun(store, spec)
-    run.save_ledger(
-        Ledger(versions=[VersionEntry(version=0, weights=spec.trained_weights, parent=None, method="train")])
-    )
-    # run.json last: its presence is what makes the run visible, so a crash leaves none.
-    store.put_json(f"{prefix}/run.json", spec.model_dump(mode="json"))
-    return run
+    return publish_run(RecordedRun(store, spec))

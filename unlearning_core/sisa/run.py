@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -13,8 +12,7 @@ from unlearning_core.data import Dataset
 from unlearning_core.errors import RunError
 from unlearning_core.models import create_model
 from unlearning_core.recording import float_state
-from unlearning_core.runs.artifact import run_prefix
-from unlearning_core.runs.ledger import Ledger, VersionEntry
+from unlearning_core.runs.writing import ensure_new_run, publish_run, put_samples
 from unlearning_core.runs.spec import (
     BlobPointer,
     DatasetSpec,
@@ -46,9 +44,7 @@ def train_sisa_run(
     progress: bool = False,
 ) -> SisaRun:
     """Train every shard over its slices (``training.epochs`` per stage) and store the run."""
-    prefix = run_prefix(run_id)
-    if store.exists(f"{prefix}/run.json"):
-        raise RunError(f"run {run_id!r} already exists in {store.url}; runs are immutable")
+    prefix = ensure_new_run(store, run_id)
     if sisa.aggregation not in AGGREGATIONS:
         raise RunError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {sisa.aggregation!r}")
     if training.concentrate_class is not None:
@@ -90,16 +86,7 @@ def train_sisa_run(
     initial_ref = save_state(store, f"{prefix}/weights/initial.safetensors", ensemble_state(initial))
     trained_ref = save_state(store, f"{prefix}/weights/v0000.safetensors", ensemble_state(final))
     index = store.put(f"{prefix}/index.safetensors", assignment_to_bytes(assignment))
-    samples = store.put(
-        f"{prefix}/samples.json",
-        json.dumps(
-            {
-                "sample_ids": list(train.sample_ids),
-                "subject_ids": list(train.subject_ids),
-                "labels": train.labels.tolist(),
-            }
-        ).encode(),
-    )
+    samples = put_samples(store, prefix, train)
     updates = store.put(f"{prefix}/updates.json", b"[]")
     probe = new_model()
     spec = RunSpec(
@@ -124,12 +111,4 @@ def train_sisa_run(
         index=BlobPointer.of(index),
         updates=BlobPointer.of(updates),
     )
-    run = SisaRun(store, spec)
-    run.save_ledger(
-        Ledger(
-            versions=[VersionEntry(version=0, weights=spec.trained_weights, parent=None, method="train")],
-            checkpoints=checkpoints,
-        )
-    )
-    store.put_json(f"{prefix}/run.json", spec.model_dump(mode="json"))
-    return run
+    return publish_run(SisaRun(store, spec), checkpoints)
