@@ -1,4 +1,4 @@
-"""The ``lethe`` console script: the core commands plus the service's (serve, keys, audit).
+"""The ``lethe`` console script: the core commands plus the service's (serve, worker, keys, audit).
 
 unlearning_core's CLI knows nothing of the service; this module adds the service commands
 to the same Typer app, so one ``lethe`` binary does both.
@@ -30,6 +30,46 @@ def serve(
     from api.serve import serve as run_server
 
     run_server(host=host, port=port)
+
+
+@app.command()
+def worker(
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda, cuda:N or auto: where this worker computes (default: LETHE_DEVICE)."),
+    ] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated queues to consume (default: gpu,cpu on a CUDA device, else cpu)."),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks at once (1 with the solo pool).")] = 1,
+    pool: Annotated[
+        str,
+        typer.Option(help="solo (default: tasks run in this process, CUDA-safe), prefork or threads."),
+    ] = "solo",
+    dispatch: Annotated[
+        bool,
+        typer.Option(help="Also run the dispatcher thread that re-enqueues pending and abandoned work."),
+    ] = True,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name (default: lethe-DEVICE-PID@host).")] = None,
+    loglevel: Annotated[str | None, typer.Option(help="DEBUG, INFO, ... (default: LETHE_LOG_LEVEL).")] = None,
+) -> None:
+    """Run a Celery worker (LETHE_BROKER_URL) on one device: one per GPU, as many machines as you like."""
+    from worker.main import run_worker
+
+    try:
+        run_worker(
+            device=device,
+            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+            concurrency=concurrency,
+            pool=pool,
+            loglevel=loglevel,
+            hostname=hostname,
+            dispatch=dispatch,
+        )
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(2) from None
 
 
 @keys_app.command("create")

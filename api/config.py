@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore", env_ignore_empty=True)
 
     database_url: str = Field(
         default="sqlite:///var/lethe.db",
@@ -34,6 +34,33 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     seed_demo: bool = True
     log_level: str = "INFO"
+    # Distributed workers (Celery). Unset broker_url: the embedded mode, no broker server.
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker, e.g. redis://127.0.0.1:6379/0; unset: embedded mode (no broker)",
+    )
+    visibility_timeout_seconds: int = Field(
+        default=7200,
+        ge=60,
+        description="Redis redelivers an unacknowledged task after this long: above the longest job",
+    )
+    job_stale_seconds: int = Field(
+        default=120,
+        ge=1,
+        description="a running job whose heartbeat is older than this is taken as abandoned",
+    )
+    dispatch_interval_seconds: float = Field(
+        default=10,
+        ge=0,
+        description="how often each worker's dispatcher re-enqueues pending and abandoned work (0: never)",
+    )
+    work_queue: str = Field(
+        default="cpu",
+        description="queue that training and unlearning tasks go to: cpu, or gpu where the workers have GPUs",
+    )
+    task_max_retries: int = Field(
+        default=5, ge=0, description="retries (exponential backoff) of a task hit by a transient fault"
+    )
 
 
 @lru_cache

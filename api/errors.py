@@ -5,12 +5,14 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import Response
 
 from unlearning_core.errors import (
     BlobNotFoundError,
+    BlobStoreUnavailableError,
     DatasetError,
     ForgetSetError,
     LetheError,
@@ -37,7 +39,24 @@ STATUS_OF = {
     ModelError: 422,
     MethodError: 422,
     RunError: 422,
+    BlobStoreUnavailableError: 503,
 }
+
+#: Faults worth retrying later (with backoff) rather than failing a request for: the
+#: database or the blob store unreachable, a deadlock or serialization failure (all
+#: ``OperationalError`` in SQLAlchemy's mapping of the DBAPI errors).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    BlobStoreUnavailableError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a transient fault (see :data:`TRANSIENT_ERRORS`)."""
+    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 def _message(errors: list[dict]) -> str:

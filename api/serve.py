@@ -120,7 +120,11 @@ def serve(*, host: str | None = None, port: int | None = None) -> None:
     key = bootstrap_admin_key(session_factory, settings)
     if settings.seed_demo:
         seed_demo(session_factory, settings)
-    worker = EmbeddedWorker(settings) if settings.embedded_worker else None
+    # With a broker, Celery workers (`lethe worker`) do the jobs; the embedded worker, which
+    # re-queues every "running" job at start, must not run beside them.
+    worker = EmbeddedWorker(settings) if settings.embedded_worker and not settings.broker_url else None
+    if settings.broker_url:
+        log.info("LETHE_BROKER_URL is set: jobs go to Celery workers (`lethe worker`)")
     if worker is not None:
         worker.start()
     print(banner(settings, key), flush=True)

@@ -21,6 +21,11 @@ class BlobStoreError(LetheError):
     """The blob store failed in a way the caller should report."""
 
 
+class BlobStoreUnavailableError(BlobStoreError):
+    """The blob store could not be reached (connection refused, timeout, 5xx after retries):
+    a transient fault, worth retrying later, unlike a missing or corrupt blob."""
+
+
 class BlobNotFoundError(BlobStoreError):
     """No blob is stored under the requested key."""
 

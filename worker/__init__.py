@@ -1,1 +1,3 @@
-"""Lethe workers (Celery). Arrives with the worker issue; the package exists so the distribution layout is final."""
+"""Lethe workers: the embedded thread of ``lethe serve`` (:mod:`worker.embedded`) and the
+distributed Celery workers of ``lethe worker`` (:mod:`worker.celery_app`, :mod:`worker.tasks`,
+:mod:`worker.dispatch`, :mod:`worker.enqueue`, :mod:`worker.main`)."""

@@ -16,10 +16,19 @@ of transaction:
    Progress (``job.progress`` / ``job.step``) is committed from a separate short session
    so polling clients see it while the work transaction is open.
 3. **fail** (short, on any exception): job and request ``failed`` with a readable message,
-   audited. ``POST /admin/requests/{id}/retry`` queues the failed jobs again.
+   audited. ``POST /admin/requests/{id}/retry`` queues the failed jobs again. A Celery worker
+   passes ``retry_transient=True`` while it has retries left: a transient fault (database or
+   blob store unreachable, :func:`api.errors.is_transient`) then hands the job back
+   (``queued``, audited ``job.retrying``) and re-raises, and the task retries with backoff.
 
-Exactly once: a job is only claimed while ``queued`` with no version, and its result is only
-recorded if, under the row lock, it is still ``running`` in the attempt that claimed it.
+While a job runs, a heartbeat thread refreshes ``heartbeat_at`` (:mod:`api.database.heartbeat`).
+A ``running`` job whose heartbeat is older than ``LETHE_JOB_STALE_SECONDS`` was abandoned by
+a dead worker: :func:`claim` takes it again (``attempts`` + 1) and
+:func:`requeue_abandoned` (the dispatcher) puts it back in the queue.
+
+Exactly once: a job is only claimed while ``queued`` (or abandoned) with no version, and its
+result is only recorded if, under the row lock, it is still ``running`` in the attempt that
+claimed it.
 The ledger (in the same transaction as the version row) makes a retry after a crash redo
 the same subtraction rather than subtract a batch twice. When every batch of a forget set
 was already subtracted (a repeated request), nothing is published: the job is linked to
@@ -30,20 +39,24 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit_append
 from api.database.core import utcnow
+from api.database.heartbeat import Heartbeat, stale_before
 from api.datasets.models import Sample
 from api.erasure import states
 from api.erasure.models import ErasureRequest, RequestJob
 from api.erasure.states import JobStatus, RequestStatus
+from api.errors import is_transient
 from api.registry.models import Model, ModelVersion, TrainingRun
 from unlearning_core.errors import BlobNotFoundError, LetheError, RunError
 from unlearning_core.forget import ForgetSpec
@@ -157,10 +170,17 @@ def _lock_job(db: Session, job_id: int, *, skip_locked: bool = False) -> Request
     )
 
 
+def _abandoned(job: RequestJob) -> bool:
+    """A running job whose worker stopped beating (or never beat) for the stale period."""
+    last = job.heartbeat_at or job.started_at
+    return last is None or last < stale_before()
+
+
 def claim(
     *, session_factory: SessionFactory, job_id: int, device: torch.device | str
 ) -> Claim | None:
-    """Take ``job_id`` if it is still queued and its request workable; ``None`` otherwise.
+    """Take ``job_id`` if it is queued (or running but abandoned: its heartbeat is stale)
+    and its request workable; ``None`` otherwise.
 
     Locks request then job (the order every writer of both uses), skipping rows another
     transaction holds, and commits ``running`` so the claim is visible at once.
@@ -173,7 +193,10 @@ def claim(
         if request is None or request.status not in states.WORKABLE:
             return None
         job = _lock_job(db, job_id, skip_locked=True)
-        if job is None or job.status != JobStatus.QUEUED:
+        if job is None:
+            return None
+        resumed = job.status == JobStatus.RUNNING and _abandoned(job)
+        if job.status != JobStatus.QUEUED and not resumed:
             return None
         model = db.get(Model, job.model_id)
         assert model is not None
@@ -192,19 +215,26 @@ def claim(
         job.error = None
         job.device = str(device)
         job.started_at, job.finished_at = utcnow(), None
+        job.heartbeat_at = job.started_at
+        payload: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "method": job.method,
+            "device": str(device),
+            "samples": len(job.sample_ids or []),
+        }
+        if resumed:
+            payload["resumed"] = "abandoned by a worker that stopped beating"
+            log.warning(
+                "job %s was abandoned by its worker; resuming it (attempt %s)", job.id, job.attempts
+            )
         audit_append(
             db,
             "job.started",
             request_id=request.id,
             model_name=model.name,
             actor=WORKER,
-            payload={
-                "job_id": job.id,
-                "attempt": job.attempts,
-                "method": job.method,
-                "device": str(device),
-                "samples": len(job.sample_ids or []),
-            },
+            payload=payload,
         )
         db.commit()
         return Claim(
@@ -233,10 +263,27 @@ def _progress(session_factory: SessionFactory, c: Claim, progress: float, step: 
                 RequestJob.status == JobStatus.RUNNING,
                 RequestJob.attempts == c.attempt,
             )
-            .values(progress=progress, step=step)
+            .values(progress=progress, step=step, heartbeat_at=utcnow())
             .execution_options(synchronize_session=False)
         )
         db.commit()
+
+
+def _beat(session_factory: SessionFactory, c: Claim) -> bool:
+    """Refresh the heartbeat of the job while this attempt holds it; False once it does not."""
+    with session_factory() as db:
+        result = db.execute(
+            update(RequestJob)
+            .where(
+                RequestJob.id == c.job_id,
+                RequestJob.status == JobStatus.RUNNING,
+                RequestJob.attempts == c.attempt,
+            )
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        db.commit()
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def jsonable(value: Any) -> Any:
@@ -439,8 +486,12 @@ def _record(
 
 def _work(
     *, session_factory: SessionFactory, store: BlobStore, c: Claim, device: torch.device
-) -> None:
+) -> bool:
+    """The work transaction; False if the result was discarded (the claim was lost)."""
     with session_factory() as db, db.no_autoflush:
+        asked = time.perf_counter()
+        # The lineage lock: every change to this model's versions and ledger waits here, so
+        # concurrent requests against one model are applied one after another.
         run = db.scalar(
             select(TrainingRun)
             .where(TrainingRun.model_id == c.model_id, TrainingRun.status == "completed")
@@ -450,13 +501,16 @@ def _work(
         )
         if run is None:
             raise RunError(f"model {c.model_name!r} has no completed training run to unlearn from")
+        started = time.perf_counter()
         artifact = open_artifact(store, run.run_id)
         in_run = set(artifact.sample_table["sample_ids"])
         forget = tuple(s for s in c.sample_ids if s in in_run)
-        base = {
+        base: dict[str, Any] = {
             "run_id": run.run_id,
             "forget_samples": len(forget),
             "samples_not_in_run": len(c.sample_ids) - len(forget),
+            "device": str(device),
+            "lineage_wait_seconds": round(started - asked, 3),
         }
         if not forget:  # the dataset holds them, this run never trained on them: nothing to undo
             _progress(session_factory, c, 0.9, "publishing")
@@ -467,7 +521,11 @@ def _work(
                 run=run,
                 done=None,
                 metrics={},
-                details={**base, "batches_subtracted": 0},
+                details={
+                    **base,
+                    "batches_subtracted": 0,
+                    "job_seconds": round(time.perf_counter() - started, 3),
+                },
             )
         else:
             _progress(session_factory, c, 0.1, "unlearning")
@@ -490,6 +548,7 @@ def _work(
                 "recovery_seconds": done.outcome.recovery_seconds,
                 **done.outcome.details,
                 "new_version": changed,
+                "job_seconds": round(time.perf_counter() - started, 3),
             }
             recorded = _record(
                 db, store, c, run=run, done=done, metrics=_metrics(full), details=jsonable(details)
@@ -498,6 +557,7 @@ def _work(
             db.commit()
         else:
             db.rollback()
+        return recorded
 
 
 def _fail(*, session_factory: SessionFactory, c: Claim, error: str) -> None:
@@ -529,32 +589,200 @@ def _fail(*, session_factory: SessionFactory, c: Claim, error: str) -> None:
         db.commit()
 
 
+def _release(*, session_factory: SessionFactory, c: Claim, error: str) -> None:
+    """Hand a job hit by a transient fault back to the queue (a retry is scheduled)."""
+    with session_factory() as db:
+        request = _lock_request(db, c.request_id)
+        job = _lock_job(db, c.job_id)
+        if (
+            request is None
+            or job is None
+            or job.status != JobStatus.RUNNING
+            or job.attempts != c.attempt
+        ):
+            return
+        job.status = JobStatus.QUEUED
+        job.progress, job.step = 0.0, "retrying after a transient fault"
+        job.error = error
+        job.heartbeat_at = utcnow()  # the dispatcher leaves it to the scheduled retry a while
+        audit_append(
+            db,
+            "job.retrying",
+            request_id=c.request_id,
+            model_name=c.model_name,
+            actor=WORKER,
+            payload={"job_id": c.job_id, "attempt": c.attempt, "error": error},
+        )
+        db.commit()
+
+
 def run_claimed(
-    *, session_factory: SessionFactory, store: BlobStore, claim: Claim, device: torch.device
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    claim: Claim,
+    device: torch.device,
+    retry_transient: bool = False,
 ) -> bool:
-    """Do a claimed job; any exception fails it (readably). True if it completed."""
-    try:
-        _work(session_factory=session_factory, store=store, c=claim, device=device)
-    except Exception as exc:  # the job's failure, recorded on it; the worker goes on
-        if isinstance(exc, LetheError) and not isinstance(exc, BlobNotFoundError):
-            log.warning("erasure job %s on %s failed: %s", claim.job_id, claim.model_name, exc)
-        else:
-            log.exception("erasure job %s on %s failed", claim.job_id, claim.model_name)
-        _fail(session_factory=session_factory, c=claim, error=error_text(exc))
-        return False
-    log.info(
-        "erasure job %s on %s done (request %s)", claim.job_id, claim.model_name, claim.request_id
+    """Do a claimed job; True if it completed (this attempt's result was recorded). See
+    :func:`_run`."""
+    return (
+        _run(
+            session_factory=session_factory,
+            store=store,
+            c=claim,
+            device=device,
+            retry_transient=retry_transient,
+        )
+        == "completed"
     )
-    return True
+
+
+def _run(
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    c: Claim,
+    device: torch.device,
+    retry_transient: bool = False,
+) -> str:
+    """Do a claimed job: ``completed``, ``failed``, or ``discarded`` (another attempt took
+    the job meanwhile). Any exception fails it (readably), except a transient fault with
+    ``retry_transient``: the job is handed back to the queue and the exception re-raised
+    for the caller (a Celery task) to retry with backoff."""
+    try:
+        with Heartbeat(lambda: _beat(session_factory, c), name=f"job-{c.job_id}"):
+            recorded = _work(session_factory=session_factory, store=store, c=c, device=device)
+    except Exception as exc:  # the job's failure, recorded on it; the worker goes on
+        if retry_transient and is_transient(exc):
+            log.warning(
+                "erasure job %s on %s hit a transient fault, will retry: %s",
+                c.job_id,
+                c.model_name,
+                exc,
+            )
+            try:
+                _release(session_factory=session_factory, c=c, error=error_text(exc))
+            except Exception as again:  # noqa: BLE001 - the database is away too
+                log.warning(
+                    "could not hand job %s back (%s); it is resumed once its heartbeat is stale",
+                    c.job_id,
+                    again,
+                )
+            raise
+        if isinstance(exc, LetheError) and not isinstance(exc, BlobNotFoundError):
+            log.warning("erasure job %s on %s failed: %s", c.job_id, c.model_name, exc)
+        else:
+            log.exception("erasure job %s on %s failed", c.job_id, c.model_name)
+        _fail(session_factory=session_factory, c=c, error=error_text(exc))
+        return "failed"
+    if not recorded:
+        return "discarded"
+    log.info("erasure job %s on %s done (request %s)", c.job_id, c.model_name, c.request_id)
+    return "completed"
 
 
 def process_job(
-    *, session_factory: SessionFactory, store: BlobStore, job_id: int, device: torch.device
-) -> None:
-    """Claim ``job_id`` and do it; returns quietly if another worker has it or it is not queued."""
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    job_id: int,
+    device: torch.device,
+    retry_transient: bool = False,
+) -> str:
+    """Claim ``job_id`` and do it: ``"completed"``, ``"failed"`` or ``"discarded"`` (see
+    :func:`_run`); ``"skipped"`` (quietly) if another worker has it, it is done, or it is
+    not workable."""
     taken = claim(session_factory=session_factory, job_id=job_id, device=device)
-    if taken is not None:
-        run_claimed(session_factory=session_factory, store=store, claim=taken, device=device)
+    if taken is None:
+        return "skipped"
+    return _run(
+        session_factory=session_factory,
+        store=store,
+        c=taken,
+        device=device,
+        retry_transient=retry_transient,
+    )
+
+
+def requeue_abandoned(*, session_factory: SessionFactory) -> list[int]:
+    """Put ``running`` jobs whose heartbeat is stale (their worker died) back in the queue,
+    audited ``job.requeued``; returns their ids. Safe while other workers run: a live job
+    beats, and rows another transaction holds are skipped."""
+    cutoff = stale_before()
+    with session_factory() as db:
+        candidates = db.execute(
+            select(RequestJob.id, RequestJob.request_id).where(
+                RequestJob.status == JobStatus.RUNNING,
+                func.coalesce(RequestJob.heartbeat_at, RequestJob.started_at) < cutoff,
+            )
+        ).all()
+        moved: list[int] = []
+        for job_id, request_id in candidates:
+            request = _lock_request(db, request_id, skip_locked=True)
+            job = _lock_job(db, job_id, skip_locked=True) if request is not None else None
+            if (
+                request is None
+                or job is None
+                or job.status != JobStatus.RUNNING
+                or not _abandoned(job)
+            ):
+                continue
+            last = job.heartbeat_at or job.started_at
+            job.status, job.progress = JobStatus.QUEUED, 0.0
+            job.step = "re-queued: its worker stopped"
+            job.heartbeat_at = utcnow()
+            model_name = db.scalar(select(Model.name).where(Model.id == job.model_id))
+            audit_append(
+                db,
+                "job.requeued",
+                request_id=request_id,
+                model_name=model_name,
+                actor="dispatcher",
+                payload={
+                    "job_id": job_id,
+                    "attempt": job.attempts,
+                    "reason": "no heartbeat since "
+                    + (last.isoformat() if last is not None else "the claim"),
+                },
+            )
+            moved.append(job_id)
+        db.commit()
+        return moved
+
+
+def pending_job_ids(
+    *, session_factory: SessionFactory, changed_before: datetime | None = None
+) -> list[int]:
+    """Queued jobs of workable requests, oldest request first: what a dispatcher
+    (re)enqueues. Leaves out jobs a worker handed back recently (their retry is scheduled)
+    and, with ``changed_before``, requests changed since then (their message is on its way)."""
+    cutoff = stale_before()
+    with session_factory() as db:
+        query = (
+            select(RequestJob.id)
+            .join(ErasureRequest, ErasureRequest.id == RequestJob.request_id)
+            .where(
+                RequestJob.status == JobStatus.QUEUED,
+                ErasureRequest.status.in_([s.value for s in states.WORKABLE]),
+                (RequestJob.heartbeat_at.is_(None)) | (RequestJob.heartbeat_at < cutoff),
+            )
+            .order_by(ErasureRequest.received_at, RequestJob.id)
+        )
+        if changed_before is not None:
+            query = query.where(ErasureRequest.updated_at < changed_before)
+        return list(db.scalars(query))
+
+
+def queued_job_ids(*, db: Session, request_id: str) -> list[int]:
+    """The request's queued jobs (to enqueue after filing, approval or retry)."""
+    return list(
+        db.scalars(
+            select(RequestJob.id)
+            .where(RequestJob.request_id == request_id, RequestJob.status == JobStatus.QUEUED)
+            .order_by(RequestJob.id)
+        )
+    )
 
 
 def requeue_interrupted(*, session_factory: SessionFactory) -> int:

@@ -58,5 +58,8 @@ class RequestJob(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Running: the holding worker's last sign of life (stale: the job was abandoned).
+    #: Queued: when a worker last handed the job back (a retry is scheduled).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     request: Mapped[ErasureRequest] = relationship(back_populates="jobs", lazy="raise")

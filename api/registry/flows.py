@@ -11,6 +11,12 @@ minutes of training:
 3. publish, in one transaction: run ``completed`` with the lineage ledger copied into the
    database, ``ModelVersion`` 0, model ``ready``, audit event ``model.trained``.
 
+While it trains, a heartbeat thread refreshes the run's ``heartbeat_at``; a ``running`` run
+whose heartbeat is stale (its worker died) may be claimed again. Publishing is idempotent:
+a run already ``completed`` is left as it is. A Celery worker passes
+``retry_transient=True`` while it has retries left: a transient fault (database or blob
+store unreachable) then puts the run back in ``queued`` and re-raises for a retry.
+
 A failure marks run and model ``failed`` with a readable error and an audit event
 ``model.training_failed``. A run whose ``run.json`` already exists in the store (a worker
 died between 2 and 3) is adopted instead of trained again: runs are immutable.
@@ -24,16 +30,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit
 from api.database.core import utcnow
+from api.database.heartbeat import Heartbeat, stale_before
 from api.datasets import service as datasets
 from api.datasets.models import Dataset
+from api.errors import is_transient
 from api.registry import service
 from api.registry.models import Model, ModelVersion, TrainingRun
 from api.registry.schemas import RECORD_OF_METHOD, ModelCreate
@@ -59,18 +68,46 @@ def _error_text(exc: BaseException) -> str:
     return text[:2000]
 
 
+def _abandoned_clause():  # type: ignore[no-untyped-def]
+    """A running run whose worker stopped beating for the stale period."""
+    return (TrainingRun.status == "running") & (
+        func.coalesce(TrainingRun.heartbeat_at, TrainingRun.created_at) < stale_before()
+    )
+
+
 def claim(*, session_factory: SessionFactory, run_pk: int | None = None) -> int | None:
-    """Move one queued run (the oldest, or ``run_pk``) to ``running``; its primary key, or None."""
+    """Move one queued run (the oldest, or ``run_pk``) to ``running``; its primary key, or None.
+
+    With ``run_pk``, a run abandoned while ``running`` (stale heartbeat) is taken as well."""
     with session_factory() as db:
-        query = select(TrainingRun).where(TrainingRun.status == "queued")
+        query = select(TrainingRun)
         if run_pk is not None:
-            query = query.where(TrainingRun.id == run_pk)
+            query = query.where(
+                TrainingRun.id == run_pk, or_(TrainingRun.status == "queued", _abandoned_clause())
+            )
+        else:
+            query = query.where(TrainingRun.status == "queued")
         run = db.scalar(query.order_by(TrainingRun.id).limit(1).with_for_update(skip_locked=True))
         if run is None:
             return None
+        if run.status == "running":
+            log.warning("training run %s was abandoned by its worker; resuming it", run.run_id)
         run.status = "running"
+        run.heartbeat_at = utcnow()
         db.commit()
         return run.id
+
+
+def _beat(session_factory: SessionFactory, run_pk: int) -> bool:
+    with session_factory() as db:
+        result = db.execute(
+            update(TrainingRun)
+            .where(TrainingRun.id == run_pk, TrainingRun.status == "running")
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        db.commit()
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _configs(config: dict[str, Any]) -> tuple[TrainingSpec, RecordingSpec, SisaSpec | None]:
@@ -172,8 +209,11 @@ def _publish(
     metrics: dict[str, Any],
 ) -> None:
     with session_factory() as db:
-        run = db.get(TrainingRun, run_pk, with_for_update=True)
+        run = db.get(TrainingRun, run_pk, with_for_update=True, populate_existing=True)
         assert run is not None
+        if run.status != "running":  # published by another attempt already: never twice
+            log.warning("training run %s is %s; not publishing it again", run.run_id, run.status)
+            return
         model = db.get(Model, run.model_id)
         assert model is not None
         weights = spec.trained_weights
@@ -214,8 +254,8 @@ def _publish(
 
 def _fail(*, session_factory: SessionFactory, run_pk: int, error: str) -> None:
     with session_factory() as db:
-        run = db.get(TrainingRun, run_pk, with_for_update=True)
-        if run is None:
+        run = db.get(TrainingRun, run_pk, with_for_update=True, populate_existing=True)
+        if run is None or run.status == "completed":
             return
         model = db.get(Model, run.model_id)
         run.status = "failed"
@@ -232,14 +272,30 @@ def _fail(*, session_factory: SessionFactory, run_pk: int, error: str) -> None:
         db.commit()
 
 
+def _release(*, session_factory: SessionFactory, run_pk: int, error: str) -> None:
+    """Put a run hit by a transient fault back in the queue (a retry is scheduled)."""
+    with session_factory() as db:
+        run = db.get(TrainingRun, run_pk, with_for_update=True, populate_existing=True)
+        if run is None or run.status != "running":
+            return
+        run.status = "queued"
+        run.error = error
+        run.heartbeat_at = utcnow()
+        db.commit()
+
+
 def process_training_run(
     *,
     session_factory: SessionFactory,
     store: BlobStore,
     device: torch.device | str | None,
     run_pk: int,
+    retry_transient: bool = False,
 ) -> bool:
-    """Train one claimed (``running``) run and publish version 0; False if it failed."""
+    """Train one claimed (``running``) run and publish version 0; False if it failed.
+
+    With ``retry_transient``, a transient fault puts the run back in the queue and is
+    re-raised (for a Celery retry) instead of failing the run."""
     with session_factory() as db:
         run = db.get(TrainingRun, run_pk)
         assert run is not None, f"training run {run_pk} vanished"
@@ -253,35 +309,26 @@ def process_training_run(
         "training %s (model %s, %s on %s)", run_id, model.name, model.architecture, dataset.name
     )
     try:
-        if erased:
-            raise RunError(
-                f"dataset {dataset.name!r} has {erased} erased samples; training on it would reintroduce "
-                "erased data (excluding them is not supported yet)"
+        with Heartbeat(lambda: _beat(session_factory, run_pk), name=f"training-{run_pk}"):
+            _train_and_publish(
+                session_factory=session_factory,
+                store=store,
+                device=device,
+                run_pk=run_pk,
+                run_id=run_id,
+                model=model,
+                dataset=dataset,
+                config=config,
+                erased=erased,
             )
-        dev = _device(device)
-        result = _train_in_store(
-            store=store, run_id=run_id, model=model, dataset=dataset, config=config, device=dev
-        )
-        prefix = run_prefix(run_id)
-        spec = RunSpec.model_validate(store.get_json(f"{prefix}/run.json"))
-        _check_samples(store, spec, dataset)
-        ledger = store.get_json(f"{prefix}/ledger.json")
-        metrics = {
-            "test_acc": result.get("test_acc"),
-            "train_acc": result.get("train_acc"),
-            "train_seconds": result["train_seconds"],
-            "storage_bytes": result["storage_bytes"],
-            "steps": result.get("steps"),
-            "device": result.get("device"),
-        }
-        _publish(
-            session_factory=session_factory,
-            run_pk=run_pk,
-            spec=spec,
-            ledger=ledger,
-            metrics=metrics,
-        )
     except Exception as exc:  # any failure is the run's, reported on it; the worker goes on
+        if retry_transient and is_transient(exc):
+            log.warning("training run %s hit a transient fault, will retry: %s", run_id, exc)
+            try:
+                _release(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
+            except Exception as again:  # noqa: BLE001 - the database is away too
+                log.warning("could not put run %s back (%s); resumed once stale", run_id, again)
+            raise
         if not isinstance(exc, LetheError):
             log.exception("training run %s failed", run_id)
         else:
@@ -290,6 +337,49 @@ def process_training_run(
         return False
     log.info("trained %s: model %s version 0 ready", run_id, model.name)
     return True
+
+
+def _train_and_publish(
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    device: torch.device | str | None,
+    run_pk: int,
+    run_id: str,
+    model: Model,
+    dataset: Dataset,
+    config: dict[str, Any],
+    erased: int,
+) -> None:
+    """Train (or adopt what a dead worker left in the store), check, publish version 0."""
+    if erased:
+        raise RunError(
+            f"dataset {dataset.name!r} has {erased} erased samples; training on it would reintroduce "
+            "erased data (excluding them is not supported yet)"
+        )
+    dev = _device(device)
+    result = _train_in_store(
+        store=store, run_id=run_id, model=model, dataset=dataset, config=config, device=dev
+    )
+    prefix = run_prefix(run_id)
+    spec = RunSpec.model_validate(store.get_json(f"{prefix}/run.json"))
+    _check_samples(store, spec, dataset)
+    ledger = store.get_json(f"{prefix}/ledger.json")
+    metrics = {
+        "test_acc": result.get("test_acc"),
+        "train_acc": result.get("train_acc"),
+        "train_seconds": result["train_seconds"],
+        "storage_bytes": result["storage_bytes"],
+        "steps": result.get("steps"),
+        "device": result.get("device"),
+    }
+    _publish(
+        session_factory=session_factory,
+        run_pk=run_pk,
+        spec=spec,
+        ledger=ledger,
+        metrics=metrics,
+    )
 
 
 def process_pending_training(
@@ -327,6 +417,42 @@ def requeue_interrupted_training(*, session_factory: SessionFactory) -> int:
             run.status = "queued"
         db.commit()
         return len(runs)
+
+
+def requeue_abandoned_training(*, session_factory: SessionFactory) -> list[int]:
+    """Put ``running`` runs whose heartbeat is stale (their worker died) back in the queue;
+    their primary keys. Safe while other workers train: a live run beats."""
+    with session_factory() as db:
+        runs = list(
+            db.scalars(
+                select(TrainingRun).where(_abandoned_clause()).with_for_update(skip_locked=True)
+            )
+        )
+        for run in runs:
+            log.warning("training run %s was abandoned by its worker; re-queued", run.run_id)
+            run.status = "queued"
+            run.heartbeat_at = utcnow()
+        db.commit()
+        return [run.id for run in runs]
+
+
+def pending_run_ids(
+    *, session_factory: SessionFactory, created_before: datetime | None = None
+) -> list[int]:
+    """Queued runs that no worker handed back recently (and, with ``created_before``, not
+    created since then), oldest first: what a dispatcher (re)enqueues."""
+    with session_factory() as db:
+        query = (
+            select(TrainingRun.id)
+            .where(
+                TrainingRun.status == "queued",
+                TrainingRun.heartbeat_at.is_(None) | (TrainingRun.heartbeat_at < stale_before()),
+            )
+            .order_by(TrainingRun.id)
+        )
+        if created_before is not None:
+            query = query.where(TrainingRun.created_at < created_before)
+        return list(db.scalars(query))
 
 
 def train_model_now(

@@ -46,6 +46,8 @@ class TrainingRun(Base):
     ledger: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: While running: the training worker's last sign of life (stale: abandoned).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     model: Mapped[Model] = relationship(back_populates="runs", lazy="raise")
 

@@ -19,6 +19,7 @@ from api.registry.models import Model, ModelVersion
 from api.registry.schemas import ModelCreate, ModelOut, ModelSummary, TrainingRunOut, VersionOut
 from unlearning_core.errors import BlobIntegrityError
 from unlearning_core.store import BlobStore
+from worker.enqueue import enqueue_training
 
 router = APIRouter(
     prefix="/models", tags=["registry"], dependencies=[Depends(require_scope("registry"))]
@@ -93,7 +94,8 @@ def _versions_out(db, model: Model, versions: list[ModelVersion], tenant: str) -
     },
 )
 def create_model(body: ModelCreate, principal: AdminDep, db: DbDep, response: Response) -> ModelOut:
-    model, _run = service.create(db=db, spec=body, store=get_store(), actor=principal.name)
+    model, run = service.create(db=db, spec=body, store=get_store(), actor=principal.name)
+    enqueue_training([run.id])  # committed: wake a worker (best effort; no-op when embedded)
     response.headers["Location"] = f"/models/{model.name}"
     return _model_out(db, model)
 

@@ -22,11 +22,16 @@ from typing import TypeVar
 import certifi
 import urllib3
 from minio import Minio
-from minio.error import MinioException, S3Error
+from minio.error import MinioException, S3Error, ServerError
 from minio.helpers import check_bucket_name
 from urllib3.util import Retry, Timeout
 
-from unlearning_core.errors import BlobIntegrityError, BlobNotFoundError, BlobStoreError
+from unlearning_core.errors import (
+    BlobIntegrityError,
+    BlobNotFoundError,
+    BlobStoreError,
+    BlobStoreUnavailableError,
+)
 from unlearning_core.store.base import (
     BlobRef,
     BlobStore,
@@ -153,11 +158,17 @@ class S3BlobStore(BlobStore):
             raise BlobStoreError(
                 f"cannot {action} {what} at {self.endpoint}: {exc.code}: {exc.message}"
             ) from exc
+        except ServerError as exc:
+            if exc.status_code >= 500:
+                raise BlobStoreUnavailableError(
+                    f"cannot {action} {what}: S3 endpoint {self.endpoint} answered {exc.status_code}"
+                ) from exc
+            raise BlobStoreError(f"cannot {action} {what} at {self.endpoint}: {exc}") from exc
         except MinioException as exc:
             raise BlobStoreError(f"cannot {action} {what} at {self.endpoint}: {exc}") from exc
         except urllib3.exceptions.HTTPError as exc:
             reason = getattr(exc, "reason", None) or exc
-            raise BlobStoreError(
+            raise BlobStoreUnavailableError(
                 f"cannot {action} {what}: S3 endpoint {self.endpoint} unreachable "
                 f"after {self.settings.retries} retries: {reason}"
             ) from exc

@@ -1,0 +1,109 @@
+"""Celery tasks: thin wrappers over the flows, which hold all the logic.
+
+- ``lethe.process_job(job_id)``: :func:`api.erasure.flows.process_job` (claim, unlearn,
+  evaluate, publish the version with its ledger, tombstone, audit);
+- ``lethe.train_run(run_pk)``: :func:`api.registry.flows.process_training_run`;
+- ``lethe.dispatch()``: one round of :func:`worker.dispatch.dispatch_once`.
+
+Idempotent: a redelivered or duplicated task finds its job done, or ``running`` with a
+fresh heartbeat in another worker, or locked by another worker's claim, and exits
+(``skipped``). The database, not the message, decides what runs: a version is published
+only by the attempt that holds the job, under the lineage's row lock.
+
+Transient faults (:data:`api.errors.TRANSIENT_ERRORS`: database or blob store unreachable)
+are retried with exponential backoff (1, 2, 4, 8, 16 s, jittered, at most 60 s;
+``LETHE_TASK_MAX_RETRIES``, 5). While a retry is pending the job is back in ``queued``;
+on the last try the fault fails the job like any other error: readable message on job and
+request, audit events, and ``POST /admin/requests/{id}/retry`` queues it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import lru_cache
+
+import torch
+
+# Imported when the worker starts (not on its first task), so that a task claims its job
+# within milliseconds of delivery and every table is mapped before the first flush.
+import api.database.all_models  # noqa: F401
+from api.config import get_settings
+from api.erasure import flows as erasure_flows
+from api.errors import TRANSIENT_ERRORS
+from api.registry import flows as registry_flows
+from worker.celery_app import DISPATCH, PROCESS_JOB, TRAIN_RUN, app
+
+log = logging.getLogger("lethe.tasks")
+
+RETRY = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": get_settings().task_max_retries,
+}
+
+
+@lru_cache
+def worker_device() -> torch.device:
+    """This worker's device (``LETHE_DEVICE``; ``lethe worker --device`` sets it), resolved in
+    the process that runs the tasks, so a forking parent never initialises CUDA."""
+    from unlearning_core.training.loop import resolve_device
+
+    return resolve_device(get_settings().device)
+
+
+def _resources():  # type: ignore[no-untyped-def]
+    from api.blobs import get_store
+    from api.database.core import get_sessionmaker
+
+    return get_sessionmaker(), get_store()
+
+
+@app.task(name=PROCESS_JOB, bind=True, **RETRY)
+def process_job(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Do erasure job ``job_id`` on this worker's device; ``completed``/``failed``/``skipped``."""
+    session_factory, store = _resources()
+    started = time.perf_counter()
+    outcome = erasure_flows.process_job(
+        session_factory=session_factory,
+        store=store,
+        job_id=int(job_id),
+        device=worker_device(),
+        retry_transient=self.request.retries < self.max_retries,
+    )
+    log.info(
+        "job %s: %s in %.2fs on %s (delivery %s, retry %s)",
+        job_id,
+        outcome,
+        time.perf_counter() - started,
+        worker_device(),
+        "redelivered" if self.request.delivery_info.get("redelivered") else "first",
+        self.request.retries,
+    )
+    return outcome
+
+
+@app.task(name=TRAIN_RUN, bind=True, **RETRY)
+def train_run(self, run_pk: int) -> str:  # type: ignore[no-untyped-def]
+    """Train queued (or abandoned) training run ``run_pk`` and publish version 0."""
+    session_factory, store = _resources()
+    if registry_flows.claim(session_factory=session_factory, run_pk=int(run_pk)) is None:
+        return "skipped"
+    ok = registry_flows.process_training_run(
+        session_factory=session_factory,
+        store=store,
+        device=worker_device(),
+        run_pk=int(run_pk),
+        retry_transient=self.request.retries < self.max_retries,
+    )
+    return "completed" if ok else "failed"
+
+
+@app.task(name=DISPATCH, **RETRY)
+def dispatch() -> dict[str, int]:
+    """Re-enqueue pending and abandoned work (what every worker's dispatcher thread does)."""
+    from worker.dispatch import dispatch_once
+
+    return dispatch_once(app)
