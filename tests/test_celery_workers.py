@@ -911,3 +911,68 @@ def test_worker_command_refuses_bad_settings(tmp_path: Path) -> None:
             timeout=60,
         )
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+
+
+# ---------------------------------------------------------------------------------------
+# SISA: one task per shard, trained by several workers
+# ---------------------------------------------------------------------------------------
+
+
+async def test_sisa_shards_train_in_parallel_on_several_workers(
+    client, api_keys, workers, db_session
+) -> None:
+    from api.blobs import get_store
+    from unlearning_core.sisa.run import shard_marker
+
+    admin, requester = api_keys["admin"], api_keys["requester"]
+    workers("sa")
+    workers("sb")
+    assert (
+        await client.post(
+            "/datasets",
+            json={"name": "digits", "source": "digits", "subject_size": 10},
+            headers=bearer(admin),
+        )
+    ).status_code == 201
+    spec = {
+        "name": "sisa-digits",
+        "dataset": "digits",
+        "architecture": "mlp",
+        "method": "sisa",
+        "shards": 4,
+        "slices": 2,
+        "epochs": 1,
+        "batch_size": 32,
+        "lr": 0.05,
+    }
+    resp = await client.post("/models", json=spec, headers=bearer(admin))
+    assert resp.status_code == 202, resp.text
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        model = (await client.get("/models/sisa-digits", headers=bearer(admin))).json()
+        if model["status"] != "training":
+            break
+        await asyncio.sleep(0.2)
+    assert model["status"] == "ready" and model["latest_version"] == 0, model
+
+    db_session.expire_all()
+    run = db_session.scalar(select(TrainingRun).join(Model).where(Model.name == "sisa-digits"))
+    assert run.status == "completed" and run.ledger["checkpoints"].keys() == {"0", "1", "2", "3"}
+    store = get_store()
+    markers = [shard_marker(store, run.run_id, s) for s in range(4)]
+    assert all(m is not None for m in markers)
+    hosts = {m["worker"].split("@")[0] for m in markers}
+    assert len(hosts) > 1, hosts  # the shards were trained on more than one worker
+    trained = db_session.scalars(
+        select(AuditEvent).where(
+            AuditEvent.kind == "model.trained", AuditEvent.model_name == "sisa-digits"
+        )
+    ).all()
+    assert len(trained) == 1  # published once
+
+    rid = await file(client, requester, {"subject_id": "subject-0007"})
+    status = (await wait_for(client, requester, [rid], timeout=60))[rid]
+    assert status["status"] == "completed", status
+    (job,) = status["jobs"]
+    assert job["method"] == "sisa" and job["version"]["number"] == 1, job
+    assert verify(db_session)["ok"] is True

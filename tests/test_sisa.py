@@ -139,3 +139,38 @@ def test_other_methods_refuse_a_sisa_artifact_and_sisa_refuses_others(sisa_run: 
     assert isinstance(open_artifact(sisa_run.store, "sisa"), SisaRun)
     with pytest.raises(MethodError, match="trained with --method sisa"):
         apply_method(sisa_run.store, run_id="sisa", method="amnesiac", forget=ForgetSpec(classes=(1,)), device=CPU)
+
+
+def test_shard_wise_training_is_idempotent_and_equals_train_sisa_run(tmp_path, digits) -> None:
+    from unlearning_core.errors import RunError
+    from unlearning_core.sisa.run import (
+        finish_sisa_run,
+        missing_shards,
+        shard_marker,
+        train_sisa_shard,
+    )
+
+    store = LocalBlobStore(tmp_path)
+    sisa = SisaSpec(shards=3, slices=2)
+    common = {"dataset": digits, "model_name": "mlp", "training": TRAINING, "sisa": sisa}
+    first = train_sisa_shard(store, run_id="wise", shard=1, device=CPU, worker="w1", **common)
+    assert len(first) == 2 and shard_marker(store, "wise", 1)["worker"] == "w1"
+    again = train_sisa_shard(store, run_id="wise", shard=1, device=CPU, worker="w2", **common)
+    assert again == first and shard_marker(store, "wise", 1)["worker"] == "w1"  # not retrained
+    assert missing_shards(store, "wise", 3) == [0, 2]
+    with pytest.raises(RunError, match="shards 0, 2 are not trained"):
+        finish_sisa_run(store, run_id="wise", dataset_spec=DatasetSpec(spec="digits", subject_size=10),
+                        device_name="cpu", **common)
+    for shard in (2, 0):
+        train_sisa_shard(store, run_id="wise", shard=shard, device=CPU, **common)
+    wise = finish_sisa_run(store, run_id="wise", dataset_spec=DatasetSpec(spec="digits", subject_size=10),
+                           device_name="cpu", **common)
+    whole = train(store, "whole", digits, shards=3, slices=2)
+    for attr in ("initial_weights", "trained_weights"):
+        got = wise.load_weights(getattr(wise.spec, attr))
+        want = whole.load_weights(getattr(whole.spec, attr))
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), attr
+    assert wise.spec.index.sha256 == whole.spec.index.sha256
+    assert wise.spec.results.steps == whole.spec.results.steps
+    assert wise.ledger().checkpoints["2"][1].sha256 == whole.ledger().checkpoints["2"][1].sha256

@@ -42,9 +42,10 @@ CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
 PROCESS_JOB = "lethe.process_job"
 TRAIN_RUN = "lethe.train_run"
+TRAIN_SISA_SHARD = "lethe.train_sisa_shard"
 DISPATCH = "lethe.dispatch"
 #: Tasks that use the worker's device (routed to ``LETHE_WORK_QUEUE``).
-DEVICE_TASKS = frozenset({PROCESS_JOB, TRAIN_RUN})
+DEVICE_TASKS = frozenset({PROCESS_JOB, TRAIN_RUN, TRAIN_SISA_SHARD})
 
 
 def route_task(

@@ -59,3 +59,16 @@ def enqueue_training(run_pks: Iterable[int], *, app: Any = None) -> int:
     from worker.celery_app import TRAIN_RUN
 
     return _send(app, TRAIN_RUN, run_pks, "training run(s)")
+
+
+def enqueue_sisa_shard(run_pk: int, shard: int, *, app: Any = None) -> None:
+    """``lethe.train_sisa_shard`` for one shard of a SISA training run; raises if the broker
+    cannot take it (the caller decides: see :func:`api.registry.flows.fan_out_sisa_training`)."""
+    settings = get_settings()
+    from worker.celery_app import TRAIN_SISA_SHARD, producer
+
+    if app is None:
+        if not settings.broker_url:
+            raise RuntimeError("no broker configured (LETHE_BROKER_URL)")
+        app = producer(settings.broker_url)
+    app.send_task(TRAIN_SISA_SHARD, args=[int(run_pk), int(shard)], queue=settings.work_queue)

@@ -2,7 +2,12 @@
 
 - ``lethe.process_job(job_id)``: :func:`api.erasure.flows.process_job` (claim, unlearn,
   evaluate, publish the version with its ledger, tombstone, audit);
-- ``lethe.train_run(run_pk)``: :func:`api.registry.flows.process_training_run`;
+- ``lethe.train_run(run_pk)``: :func:`api.registry.flows.process_training_run`; a SISA run
+  is fanned out instead (:func:`api.registry.flows.fan_out_sisa_training`): one
+  ``lethe.train_sisa_shard`` task per shard, so several workers train its shards in
+  parallel;
+- ``lethe.train_sisa_shard(run_pk, shard)``: :func:`api.registry.flows.process_training_shard`
+  (the task that trains the last shard assembles and publishes the run);
 - ``lethe.dispatch()``: one round of :func:`worker.dispatch.dispatch_once`.
 
 Idempotent: a redelivered or duplicated task finds its job done, or ``running`` with a
@@ -32,7 +37,7 @@ from api.config import get_settings
 from api.erasure import flows as erasure_flows
 from api.errors import TRANSIENT_ERRORS
 from api.registry import flows as registry_flows
-from worker.celery_app import DISPATCH, PROCESS_JOB, TRAIN_RUN, app
+from worker.celery_app import DISPATCH, PROCESS_JOB, TRAIN_RUN, TRAIN_SISA_SHARD, app
 
 log = logging.getLogger("lethe.tasks")
 
@@ -91,6 +96,20 @@ def train_run(self, run_pk: int) -> str:  # type: ignore[no-untyped-def]
     session_factory, store = _resources()
     if registry_flows.claim(session_factory=session_factory, run_pk=int(run_pk)) is None:
         return "skipped"
+    retry = self.request.retries < self.max_retries
+    if get_settings().broker_url:
+        from worker.enqueue import enqueue_sisa_shard
+
+        fanned = registry_flows.fan_out_sisa_training(
+            session_factory=session_factory,
+            store=store,
+            device=worker_device(),
+            run_pk=int(run_pk),
+            send=lambda pk, shard: enqueue_sisa_shard(pk, shard, app=self.app),
+            retry_transient=retry,
+        )
+        if fanned is not None:
+            return fanned
     ok = registry_flows.process_training_run(
         session_factory=session_factory,
         store=store,
@@ -99,6 +118,31 @@ def train_run(self, run_pk: int) -> str:  # type: ignore[no-untyped-def]
         retry_transient=self.request.retries < self.max_retries,
     )
     return "completed" if ok else "failed"
+
+
+@app.task(name=TRAIN_SISA_SHARD, bind=True, **RETRY)
+def train_sisa_shard(self, run_pk: int, shard: int) -> str:  # type: ignore[no-untyped-def]
+    """Train one shard of fanned-out SISA run ``run_pk``; the last one publishes version 0."""
+    session_factory, store = _resources()
+    started = time.perf_counter()
+    outcome = registry_flows.process_training_shard(
+        session_factory=session_factory,
+        store=store,
+        device=worker_device(),
+        run_pk=int(run_pk),
+        shard=int(shard),
+        worker=self.request.hostname,
+        retry_transient=self.request.retries < self.max_retries,
+    )
+    log.info(
+        "training run %s shard %s: %s in %.2fs on %s",
+        run_pk,
+        shard,
+        outcome,
+        time.perf_counter() - started,
+        self.request.hostname,
+    )
+    return outcome
 
 
 @app.task(name=DISPATCH, **RETRY)

@@ -21,6 +21,11 @@ A failure marks run and model ``failed`` with a readable error and an audit even
 ``model.training_failed``. A run whose ``run.json`` already exists in the store (a worker
 died between 2 and 3) is adopted instead of trained again: runs are immutable.
 
+With a broker, a SISA run is trained one Celery task per shard instead
+(:func:`fan_out_sisa_training`, :func:`process_training_shard`): the run stays ``running``
+while any shard task keeps its heartbeat fresh, and the task that finds every shard
+trained publishes it. The embedded worker trains every shard in-process.
+
 Known limitation: training uses every sample of the dataset as registered. Samples erased
 later are not excluded (a new model on such a dataset is refused at creation, see
 :func:`api.registry.service.create`, and again here before training).
@@ -47,10 +52,12 @@ from api.registry import service
 from api.registry.models import Model, ModelVersion, TrainingRun
 from api.registry.schemas import RECORD_OF_METHOD, ModelCreate
 from unlearning_core import pipeline
+from unlearning_core.data import load_dataset
 from unlearning_core.errors import LetheError, RunError
 from unlearning_core.metrics import accuracy, collect_outputs
 from unlearning_core.runs.artifact import open_artifact, run_prefix
 from unlearning_core.runs.spec import RecordingSpec, RunSpec, SisaSpec, TrainingSpec
+from unlearning_core.sisa import run as sisa_run
 from unlearning_core.store import BlobStore
 from unlearning_core.training.loop import resolve_device
 
@@ -361,6 +368,26 @@ def _train_and_publish(
     result = _train_in_store(
         store=store, run_id=run_id, model=model, dataset=dataset, config=config, device=dev
     )
+    _check_and_publish(
+        session_factory=session_factory,
+        store=store,
+        run_pk=run_pk,
+        run_id=run_id,
+        dataset=dataset,
+        result=result,
+    )
+
+
+def _check_and_publish(
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    run_pk: int,
+    run_id: str,
+    dataset: Dataset,
+    result: dict[str, Any],
+) -> None:
+    """Check a run complete in the store against its dataset, and publish version 0."""
     prefix = run_prefix(run_id)
     spec = RunSpec.model_validate(store.get_json(f"{prefix}/run.json"))
     _check_samples(store, spec, dataset)
@@ -380,6 +407,178 @@ def _train_and_publish(
         ledger=ledger,
         metrics=metrics,
     )
+
+
+# --- SISA with a broker: one task per shard ----------------------------------------------
+
+
+def _sisa_context(session_factory: SessionFactory, run_pk: int) -> dict[str, Any] | None:
+    """What a shard task or the fan-out needs of a SISA run; None if it is not SISA."""
+    with session_factory() as db:
+        run = db.get(TrainingRun, run_pk)
+        assert run is not None, f"training run {run_pk} vanished"
+        model = db.get(Model, run.model_id)
+        dataset = db.get(Dataset, model.dataset_id) if model else None
+        assert model is not None and dataset is not None
+        if model.method != "sisa" and (run.config or {}).get("method") != "sisa":
+            return None
+        erased = service.erased_count(db=db, dataset_id=dataset.id)
+        out = {
+            "run_id": run.run_id,
+            "status": run.status,
+            "config": dict(run.config),
+            "model": model,
+            "dataset": dataset,
+            "erased": erased,
+        }
+        db.expunge_all()
+    return out
+
+
+def fan_out_sisa_training(
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    device: torch.device | str | None,
+    run_pk: int,
+    send: Callable[[int, int], Any],
+    retry_transient: bool = False,
+) -> str | None:
+    """For a claimed (``running``) SISA run: send one shard task per untrained shard
+    (``send(run_pk, shard)``, e.g. ``lethe.train_sisa_shard``) so several workers train the
+    shards in parallel; None if the run is not SISA (train it with
+    :func:`process_training_run`).
+
+    The run stays ``running`` while its shards train: each shard task keeps the run's
+    heartbeat fresh while it works (:func:`process_training_shard`), and the shard task
+    that finds every shard's marker in the store after writing its own assembles and
+    publishes the run. If no shard task beats for ``LETHE_JOB_STALE_SECONDS`` (the
+    workers died, the messages were lost, or every worker was busy elsewhere), the
+    dispatcher treats the run as abandoned like any other: it is re-queued and fanned out
+    again, and the shards already marked done are not trained again. Returns
+    ``"sharded"``, or ``"completed"``/``"failed"`` when nothing was left to fan out (every
+    shard already trained: the run is finished here) or the run cannot be trained."""
+    ctx = _sisa_context(session_factory, run_pk)
+    if ctx is None:
+        return None
+    run_id, dataset = ctx["run_id"], ctx["dataset"]
+    try:
+        if ctx["erased"]:
+            raise RunError(
+                f"dataset {dataset.name!r} has {ctx['erased']} erased samples; training on it would "
+                "reintroduce erased data (excluding them is not supported yet)"
+            )
+        _training, _recording, sisa = _configs(ctx["config"])
+        assert sisa is not None
+        missing = (
+            []
+            if store.exists(f"{run_prefix(run_id)}/run.json")
+            else sisa_run.missing_shards(store, run_id, sisa.shards)
+        )
+    except Exception as exc:
+        if retry_transient and is_transient(exc):
+            _release(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
+            raise
+        log.warning("training run %s failed: %s", run_id, exc)
+        _fail(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
+        return "failed"
+    if not missing:  # a previous attempt trained every shard: just finish here
+        ok = process_training_run(
+            session_factory=session_factory,
+            store=store,
+            device=device,
+            run_pk=run_pk,
+            retry_transient=retry_transient,
+        )
+        return "completed" if ok else "failed"
+    for shard in missing:
+        try:
+            send(run_pk, shard)
+        except Exception as exc:  # noqa: BLE001 - broker away: the run goes stale, is re-queued
+            log.warning(
+                "could not send shard tasks of training run %s (%s); it is fanned out again once stale",
+                run_id,
+                exc,
+            )
+            break
+    log.info("training run %s: %d shard task(s) sent", run_id, len(missing))
+    return "sharded"
+
+
+def process_training_shard(
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    device: torch.device | str | None,
+    run_pk: int,
+    shard: int,
+    worker: str | None = None,
+    retry_transient: bool = False,
+) -> str:
+    """Train one shard of a fanned-out SISA run (see :func:`fan_out_sisa_training`), then,
+    if every shard is trained, assemble the run in the store and publish version 0.
+
+    Returns ``skipped`` (the run is no longer ``running``: done, failed, or re-queued to be
+    fanned out again), ``trained`` (other shards are still missing), ``published`` or
+    ``failed``. Idempotent: a trained shard (marker in the store) is not trained again, and
+    when two last shards finish at once both assemble the same bytes and
+    :func:`_publish`'s row lock and status check let only one of them publish. A transient
+    fault with retries left is re-raised for a Celery retry (the run stays ``running``;
+    if the retry comes later than the stale period, the run is fanned out again)."""
+    ctx = _sisa_context(session_factory, run_pk)
+    if ctx is None or ctx["status"] != "running" or not _beat(session_factory, run_pk):
+        return "skipped"
+    run_id, model, dataset = ctx["run_id"], ctx["model"], ctx["dataset"]
+    dev = _device(device)
+    try:
+        with Heartbeat(lambda: _beat(session_factory, run_pk), name=f"training-{run_pk}-s{shard}"):
+            training, _recording, sisa = _configs(ctx["config"])
+            assert sisa is not None
+            spec = datasets.dataset_spec(dataset)
+            data = load_dataset(
+                spec.spec,
+                seed=spec.split_seed,
+                subject_size=spec.subject_size,
+                test_fraction=spec.test_fraction,
+            )
+            common: dict[str, Any] = {
+                "dataset": data,
+                "model_name": model.architecture,
+                "training": training,
+                "sisa": sisa,
+            }
+            sisa_run.train_sisa_shard(
+                store, run_id=run_id, shard=shard, device=dev, worker=worker, **common
+            )
+            log.info("training run %s: shard %d trained", run_id, shard)
+            if sisa_run.missing_shards(store, run_id, sisa.shards):
+                return "trained"
+            if not store.exists(f"{run_prefix(run_id)}/run.json"):
+                sisa_run.finish_sisa_run(
+                    store, run_id=run_id, dataset_spec=spec, device_name=str(dev), **common
+                )
+            _check_and_publish(
+                session_factory=session_factory,
+                store=store,
+                run_pk=run_pk,
+                run_id=run_id,
+                dataset=dataset,
+                result=_evaluate_existing(store, run_id, dev),
+            )
+    except Exception as exc:
+        if retry_transient and is_transient(exc):
+            log.warning(
+                "training run %s shard %d hit a transient fault, will retry: %s", run_id, shard, exc
+            )
+            raise
+        if not isinstance(exc, LetheError):
+            log.exception("training run %s shard %d failed", run_id, shard)
+        else:
+            log.warning("training run %s shard %d failed: %s", run_id, shard, exc)
+        _fail(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
+        return "failed"
+    log.info("trained %s: model %s version 0 ready", run_id, model.name)
+    return "published"
 
 
 def process_pending_training(
