@@ -38,11 +38,12 @@ from api.datasets.models import Dataset, Sample
 from api.erasure.models import RequestJob
 from api.registry.models import Model, ModelVersion, TrainingRun
 from tests.conftest import bearer
+from tests.service_fixtures import insert_trained_model
 from unlearning_core.data import load_dataset
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import apply_method
 from unlearning_core.runs.artifact import open_artifact
-from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, RunSpec, TrainingSpec
+from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
 from unlearning_core.store import BlobStore, LocalBlobStore, S3BlobStore
 from unlearning_core.weights import state_from_bytes
@@ -264,41 +265,8 @@ def register_digits(db) -> int:  # type: ignore[no-untyped-def]
 def register_model(db, store: BlobStore, dataset_id: int, name: str, run_id: str) -> None:  # type: ignore[no-untyped-def]
     """A trained model as training through the API leaves it: model, run with ledger, v0."""
     arch, _record, method, _epochs, _batch = RUNS[run_id]
-    spec = RunSpec.model_validate(store.get_json(f"runs/{run_id}/run.json"))
-    model = Model(
-        name=name,
-        dataset_id=dataset_id,
-        architecture=arch,
-        method=method,
-        unlearn_method=method,
-        status="ready",
-    )
-    db.add(model)
-    db.flush()
-    db.add(
-        TrainingRun(
-            model_id=model.id,
-            run_id=run_id,
-            store_url=store.url,
-            method=method,
-            config={},
-            status="completed",
-            ledger=store.get_json(f"runs/{run_id}/ledger.json"),
-            finished_at=utcnow(),
-        )
-    )
-    w = spec.trained_weights
-    db.add(
-        ModelVersion(
-            model_id=model.id,
-            number=0,
-            parent_number=None,
-            method="train",
-            weights_key=w.key,
-            weights_sha256=w.sha256,
-            weights_size=w.size,
-            metrics={},
-        )
+    insert_trained_model(
+        db, store=store, dataset_id=dataset_id, name=name, run_id=run_id, architecture=arch, method=method
     )
     db.commit()
 

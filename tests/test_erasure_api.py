@@ -30,8 +30,9 @@ from api.erasure.states import TRANSITIONS, RequestStatus, check
 from api.errors import ConflictError
 from api.registry.models import Model, ModelVersion, TrainingRun
 from tests.conftest import bearer
+from tests.service_fixtures import insert_trained_model
 from unlearning_core.data import load_dataset
-from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, RunSpec, TrainingSpec
+from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
 from unlearning_core.store import LocalBlobStore
 
@@ -110,41 +111,9 @@ def models(service_env: str, trained_runs: Path, db_session) -> dict[str, Any]:
     )
     out: dict[str, Any] = {"dataset_id": dataset.id, "store": store, "runs": {}}
     for name, (run_id, _record, method, _epochs) in MODELS.items():
-        spec = RunSpec.model_validate(store.get_json(f"runs/{run_id}/run.json"))
-        model = Model(
-            name=name,
-            dataset_id=dataset.id,
-            architecture="mlp",
-            method=method,
-            unlearn_method=method,
-            status="ready",
-        )
-        db_session.add(model)
-        db_session.flush()
-        db_session.add(
-            TrainingRun(
-                model_id=model.id,
-                run_id=run_id,
-                store_url=store.url,
-                method=method,
-                config={},
-                status="completed",
-                ledger=store.get_json(f"runs/{run_id}/ledger.json"),
-                finished_at=utcnow(),
-            )
-        )
-        w = spec.trained_weights
-        db_session.add(
-            ModelVersion(
-                model_id=model.id,
-                number=0,
-                parent_number=None,
-                method="train",
-                weights_key=w.key,
-                weights_sha256=w.sha256,
-                weights_size=w.size,
-                metrics={},
-            )
+        insert_trained_model(
+            db_session, store=store, dataset_id=dataset.id, name=name, run_id=run_id,
+            architecture="mlp", method=method,
         )
         out["runs"][name] = run_id
     db_session.add(

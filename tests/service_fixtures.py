@@ -1,0 +1,37 @@
+"""Test helpers that put stored runs into the service database the way training would."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from api.database.core import utcnow
+from api.registry.models import Model, ModelVersion, TrainingRun
+from unlearning_core.runs.spec import RunSpec
+from unlearning_core.store import BlobStore
+
+
+def insert_trained_model(
+    db: Session, *, store: BlobStore, dataset_id: int, name: str, run_id: str, architecture: str, method: str
+) -> Model:
+    """A trained model as training through the API leaves it: model, run with ledger, v0."""
+    spec = RunSpec.model_validate(store.get_json(f"runs/{run_id}/run.json"))
+    model = Model(
+        name=name, dataset_id=dataset_id, architecture=architecture, method=method,
+        unlearn_method=method, status="ready",
+    )
+    db.add(model)
+    db.flush()
+    db.add(
+        TrainingRun(
+            model_id=model.id, run_id=run_id, store_url=store.url, method=method, config={},
+            status="completed", ledger=store.get_json(f"runs/{run_id}/ledger.json"), finished_at=utcnow(),
+        )
+    )
+    w = spec.trained_weights
+    db.add(
+        ModelVersion(
+            model_id=model.id, number=0, parent_number=None, method="train", weights_key=w.key,
+            weights_sha256=w.sha256, weights_size=w.size, metrics={},
+        )
+    )
+    return model
