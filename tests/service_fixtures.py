@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from api.database.core import utcnow
+from api.datasets.models import Dataset, Sample
 from api.registry.models import Model, ModelVersion, TrainingRun
+from unlearning_core.data import load_dataset
 from unlearning_core.runs.spec import RunSpec
 from unlearning_core.store import BlobStore
 
@@ -35,3 +38,24 @@ def insert_trained_model(
         )
     )
     return model
+
+
+def insert_digits_dataset(db: Session) -> Dataset:
+    """The digits dataset with subjects of ten, as ``POST /datasets`` leaves it (flushed)."""
+    data = load_dataset("digits", subject_size=10)
+    train = data.train
+    dataset = Dataset(
+        name="digits-subjects", source="digits", split_seed=0, test_fraction=0.2, subject_size=10,
+        num_classes=data.num_classes, num_samples=len(train), info={},
+    )
+    db.add(dataset)
+    db.flush()
+    labels = train.labels.tolist()
+    db.execute(
+        insert(Sample),
+        [
+            {"dataset_id": dataset.id, "sample_id": sid, "position": i, "label": int(labels[i]), "subject_id": subject}
+            for i, (sid, subject) in enumerate(zip(train.sample_ids, train.subject_ids, strict=True))
+        ],
+    )
+    return dataset

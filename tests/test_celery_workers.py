@@ -29,16 +29,15 @@ from typing import Any
 
 import pytest
 import torch
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from api.audit.models import AuditEvent
 from api.audit.service import verify
 from api.database.core import utcnow
-from api.datasets.models import Dataset, Sample
 from api.erasure.models import RequestJob
 from api.registry.models import Model, ModelVersion, TrainingRun
 from tests.conftest import bearer
-from tests.service_fixtures import insert_trained_model
+from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 from unlearning_core.data import load_dataset
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import apply_method
@@ -228,36 +227,7 @@ def copy_run(src: Path, dst: BlobStore, run_id: str) -> None:
 
 def register_digits(db) -> int:  # type: ignore[no-untyped-def]
     """The digits dataset with subjects of ten (as POST /datasets leaves it); its id."""
-    data = load_dataset("digits", subject_size=10)
-    train = data.train
-    dataset = Dataset(
-        name="digits-subjects",
-        source="digits",
-        split_seed=0,
-        test_fraction=0.2,
-        subject_size=10,
-        num_classes=data.num_classes,
-        num_samples=len(train),
-        info={},
-    )
-    db.add(dataset)
-    db.flush()
-    labels = train.labels.tolist()
-    db.execute(
-        insert(Sample),
-        [
-            {
-                "dataset_id": dataset.id,
-                "sample_id": sid,
-                "position": i,
-                "label": int(labels[i]),
-                "subject_id": subject,
-            }
-            for i, (sid, subject) in enumerate(
-                zip(train.sample_ids, train.subject_ids, strict=True)
-            )
-        ],
-    )
+    dataset = insert_digits_dataset(db)
     db.commit()
     return dataset.id
 

@@ -19,18 +19,18 @@ from typing import Any
 import anyio
 import pytest
 import torch
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, select, text, update
 
 from api.audit.service import verify
 from api.database.core import get_sessionmaker, utcnow
-from api.datasets.models import Dataset, Sample
+from api.datasets.models import Sample
 from api.erasure import flows
 from api.erasure.models import ErasureRequest, RequestJob
 from api.erasure.states import TRANSITIONS, RequestStatus, check
 from api.errors import ConflictError
 from api.registry.models import Model, ModelVersion, TrainingRun
 from tests.conftest import bearer
-from tests.service_fixtures import insert_trained_model
+from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 from unlearning_core.data import load_dataset
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
@@ -79,36 +79,7 @@ def models(service_env: str, trained_runs: Path, db_session) -> dict[str, Any]:
 
     shutil.copytree(trained_runs, Path(os.environ["LETHE_BLOB_STORE"]), dirs_exist_ok=True)
     store = get_store()
-    data = load_dataset("digits", subject_size=10)
-    train = data.train
-    dataset = Dataset(
-        name="digits-subjects",
-        source="digits",
-        split_seed=0,
-        test_fraction=0.2,
-        subject_size=10,
-        num_classes=data.num_classes,
-        num_samples=len(train),
-        info={},
-    )
-    db_session.add(dataset)
-    db_session.flush()
-    labels = train.labels.tolist()
-    db_session.execute(
-        insert(Sample),
-        [
-            {
-                "dataset_id": dataset.id,
-                "sample_id": sid,
-                "position": i,
-                "label": int(labels[i]),
-                "subject_id": subject,
-            }
-            for i, (sid, subject) in enumerate(
-                zip(train.sample_ids, train.subject_ids, strict=True)
-            )
-        ],
-    )
+    dataset = insert_digits_dataset(db_session)
     out: dict[str, Any] = {"dataset_id": dataset.id, "store": store, "runs": {}}
     for name, (run_id, _record, method, _epochs) in MODELS.items():
         insert_trained_model(

@@ -170,6 +170,16 @@ def _lock_job(db: Session, job_id: int, *, skip_locked: bool = False) -> Request
     )
 
 
+def _lock_held(db: Session, c: Claim) -> tuple[ErasureRequest, RequestJob] | None:
+    """Lock the claim's request and job; ``None`` unless the job is still running in the
+    attempt that claimed it (a later attempt, or a finished job, owns the outcome now)."""
+    request = _lock_request(db, c.request_id)
+    job = _lock_job(db, c.job_id)
+    if request is None or job is None or job.status != JobStatus.RUNNING or job.attempts != c.attempt:
+        return None
+    return request, job
+
+
 def _abandoned(job: RequestJob) -> bool:
     """A running job whose worker stopped beating (or never beat) for the stale period."""
     last = job.heartbeat_at or job.started_at
@@ -384,19 +394,13 @@ def _record(
 ) -> bool:
     """In the work transaction: the version row (or the head's), the job's result, and the
     request's completion if this was its last job. False if the claim was lost."""
-    request = _lock_request(db, c.request_id)
-    job = _lock_job(db, c.job_id)
-    if (
-        request is None
-        or job is None
-        or job.status != JobStatus.RUNNING
-        or job.attempts != c.attempt
-        or job.version_id
-    ):
+    held = _lock_held(db, c)
+    if held is None or held[1].version_id:
         log.warning(
             "job %s (attempt %s) is no longer ours; discarding its result", c.job_id, c.attempt
         )
         return False
+    request, job = held
     changed = done is not None and done.outcome.changed
     if changed:
         assert done is not None and done.version is not None
@@ -562,15 +566,10 @@ def _work(
 
 def _fail(*, session_factory: SessionFactory, c: Claim, error: str) -> None:
     with session_factory() as db:
-        request = _lock_request(db, c.request_id)
-        job = _lock_job(db, c.job_id)
-        if (
-            request is None
-            or job is None
-            or job.status != JobStatus.RUNNING
-            or job.attempts != c.attempt
-        ):
+        held = _lock_held(db, c)
+        if held is None:
             return
+        request, job = held
         job.status = JobStatus.FAILED
         job.error = error
         job.step = "failed"
@@ -592,15 +591,10 @@ def _fail(*, session_factory: SessionFactory, c: Claim, error: str) -> None:
 def _release(*, session_factory: SessionFactory, c: Claim, error: str) -> None:
     """Hand a job hit by a transient fault back to the queue (a retry is scheduled)."""
     with session_factory() as db:
-        request = _lock_request(db, c.request_id)
-        job = _lock_job(db, c.job_id)
-        if (
-            request is None
-            or job is None
-            or job.status != JobStatus.RUNNING
-            or job.attempts != c.attempt
-        ):
+        held = _lock_held(db, c)
+        if held is None:
             return
+        request, job = held
         job.status = JobStatus.QUEUED
         job.progress, job.step = 0.0, "retrying after a transient fault"
         job.error = error
