@@ -1,0 +1,174 @@
+"""What every benchmark script shares: settings record, data subsets, evaluation, output.
+
+Kept here so each bench script holds only its experiment: the same record of the machine
+(device, torch version), the same stratified subset when a bench must shrink Fashion-MNIST
+to fit a CPU budget, the same light evaluation (the full report's relearn probe costs more
+than a sweep can afford) and the same output contract (DESIGN.md: one JSON object on the
+last stdout line, also written under ``bench/results/``).
+
+Run the scripts from the repository root (``python bench/x.py``); this file sits beside
+them, so ``from common import ...`` resolves through the script's own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unlearning_core.data import Dataset, load_dataset
+from unlearning_core.metrics import accuracy, collect_outputs, per_class_accuracy
+from unlearning_core.metrics.mia import mia_auc
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where a number was measured: without this a timing or accuracy cannot be compared."""
+    env: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def fast_math(device: torch.device) -> None:
+    """TF32 matmuls on CUDA (cuDNN convs use TF32 by default already); no effect on CPU."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
+def stratified_positions(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """A seeded, class-balanced pick of ``limit`` positions (sorted); all when ``limit`` is None."""
+    n = len(labels)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    picked: list[np.ndarray] = []
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        take = limit // len(classes) + (1 if i < limit % len(classes) else 0)
+        picked.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def dataset_spec(
+    name: str, *, limit: int | None, test_limit: int | None, workdir: Path, seed: int = 0
+) -> str:
+    """The dataset spec a run should name: ``name`` itself, or an ``.npz`` manifest of a
+    stratified subset written to ``workdir``.
+
+    A run reloads its dataset by spec at unlearning time and checks ids and labels, so a
+    subset must be a real dataset file, not an in-memory slice. The manifest keeps the
+    original sample ids and the test set's own split.
+    """
+    if limit is None and test_limit is None:
+        return name
+    data = load_dataset(name)
+    train = stratified_positions(data.train.labels.numpy(), limit, seed)
+    test = stratified_positions(data.test.labels.numpy(), test_limit, seed + 1)
+
+    def to_uint8(images: torch.Tensor) -> np.ndarray:  # loaders normalise to [-1, 1]
+        return np.round((images.numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+
+    path = workdir / f"{Path(name).name}-{len(train)}-{len(test)}.npz"
+    np.savez(
+        path,
+        images=to_uint8(data.train.images[train]),
+        labels=data.train.labels.numpy()[train],
+        sample_ids=np.asarray([data.train.sample_ids[i] for i in train], dtype=str),
+        test_images=to_uint8(data.test.images[test]),
+        test_labels=data.test.labels.numpy()[test],
+        class_names=np.asarray(data.class_names, dtype=str),
+    )
+    return str(path)
+
+
+def quick_metrics(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    forget_positions: np.ndarray,
+    *,
+    device: torch.device,
+    max_retain: int = 5000,
+    with_mia: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """forget / retain / test accuracy and per-class test accuracy (DESIGN.md names).
+
+    The retain set is a seeded subsample of at most ``max_retain`` samples (an unbiased
+    estimate), as in :func:`unlearning_core.metrics.evaluate_unlearning`.
+    """
+    keep = np.ones(len(dataset.train), dtype=bool)
+    keep[forget_positions] = False
+    retain_pos = np.flatnonzero(keep)
+    if len(retain_pos) > max_retain:
+        retain_pos = np.sort(np.random.default_rng(seed).choice(retain_pos, max_retain, replace=False))
+    forget = collect_outputs(model, dataset.train.subset(forget_positions), device=device)
+    retain = collect_outputs(model, dataset.train.subset(retain_pos), device=device)
+    test = collect_outputs(model, dataset.test, device=device)
+    out: dict[str, Any] = {
+        "forget_acc": accuracy(forget),
+        "retain_acc": accuracy(retain),
+        "test_acc": accuracy(test),
+        "per_class_acc": per_class_accuracy(test, dataset.num_classes),
+    }
+    if with_mia:
+        out["mia_auc"] = mia_auc(forget, test)
+    return out
+
+
+@contextmanager
+def stopwatch() -> Iterator[dict[str, float]]:
+    """``with stopwatch() as t: ...`` then ``t["seconds"]``."""
+    box: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box["seconds"] = time.perf_counter() - started
+
+
+def pyplot():  # noqa: ANN201 (matplotlib.pyplot module)
+    """matplotlib's pyplot on the Agg backend (no display on servers or GPU machines)."""
+    try:
+        import matplotlib
+    except ImportError:
+        sys.exit("bench plots need matplotlib: .venv/bin/pip install 'matplotlib>=3.8'")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def parse_floats(text: str) -> list[float]:
+    """``"5,10,20"`` -> ``[5.0, 10.0, 20.0]`` with a clear error on bad input."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        sys.exit(f"expected comma-separated numbers, got {text!r}")
+
+
+def emit(result: dict[str, Any], out: Path, extra_paths: Sequence[Path] = ()) -> None:
+    """Write ``result`` to ``out`` and print it as the last stdout line (DESIGN.md contract)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if extra_paths:
+        result = {**result, "files": [str(p) for p in (out, *extra_paths)]}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    sys.stdout.flush()
+    print(json.dumps(result), flush=True)
