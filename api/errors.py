@@ -67,7 +67,40 @@ def _message(errors: list[dict]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def document_error_shape(app: FastAPI) -> None:
+    """Make the OpenAPI spec say what a 422 really carries.
+
+    FastAPI documents every 422 as ``{"detail": [ValidationError, ...]}``, but the handler
+    below answers ``{"detail": "<message>", "errors": [...]}`` (one readable string, like
+    every other error here); a client generated from the spec would fail to parse it.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schemas = generate().get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = {
+                    "title": "HTTPValidationError",
+                    "type": "object",
+                    "required": ["detail"],
+                    "properties": {
+                        "detail": {"type": "string", "title": "Detail"},
+                        "errors": {
+                            "type": "array",
+                            "title": "Errors",
+                            "items": {"$ref": "#/components/schemas/ValidationError"},
+                        },
+                    },
+                }
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    document_error_shape(app)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _message(list(exc.errors())), "errors": jsonable(exc.errors())}, status_code=422)
