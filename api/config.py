@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,25 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     seed_demo: bool = True
     log_level: str = "INFO"
+    # Observability and the dashboard (api/observability, api/dashboard).
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per log line; text: for a terminal"
+    )
+    metrics_public: bool = Field(
+        default=False, description="serve /metrics without an admin key (a private scrape network)"
+    )
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="a Celery worker serves its job metrics on this port"
+    )
+    worker_metrics_addr: str = Field(default="127.0.0.1", description="address of the worker's metrics port")
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="signs the dashboard's session cookie; random per process when unset (set it for several API replicas)",
+    )
+    session_cookie_secure: bool = Field(
+        default=False, description="send the dashboard cookie over HTTPS only (set behind TLS)"
+    )
+    session_max_age_seconds: int = Field(default=8 * 3600, ge=60, description="dashboard login lifetime")
     # Distributed workers (Celery). Unset broker_url: the embedded mode, no broker server.
     broker_url: str | None = Field(
         default=None,

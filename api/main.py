@@ -29,4 +29,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (health_router, erasure_router, admin_router, registry_router, datasets_router, audit_router):
         app.include_router(router)
+    from api.dashboard.views import install as install_dashboard
+    from api.observability.middleware import RequestContextMiddleware
+    from api.observability.views import router as metrics_router
+
+    app.include_router(metrics_router)
+    install_dashboard(app, settings)
+    app.add_middleware(RequestContextMiddleware)  # last added = outermost: ids and latency for all
     return app

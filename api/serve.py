@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from sqlalchemy import select
@@ -109,9 +108,10 @@ def serve(*, host: str | None = None, port: int | None = None) -> None:
     from api.main import create_app
     from worker.embedded import EmbeddedWorker
 
-    logging.basicConfig(level=os.environ.get("LETHE_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from api.observability.logs import configure_logging
+
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     if host:
         settings.host = host
     if port:
@@ -129,7 +129,12 @@ def serve(*, host: str | None = None, port: int | None = None) -> None:
         worker.start()
     print(banner(settings, key), flush=True)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+        # log_config=None: uvicorn's loggers go through our handler (JSON or text); the
+        # request-id middleware writes the access lines, with the request id.
+        uvicorn.run(
+            create_app(settings), host=settings.host, port=settings.port,
+            log_level=settings.log_level.lower(), log_config=None, access_log=False,
+        )
     finally:
         if worker is not None:
             worker.stop()

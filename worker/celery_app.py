@@ -32,7 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutting_down
 
 from api.config import Settings, get_settings
 
@@ -109,11 +109,26 @@ def producer(broker_url: str) -> Celery:
 _dispatcher: Any = None
 
 
+@setup_logging.connect
+def _configure_logging(loglevel: Any = None, **_kw: Any) -> None:
+    """Our JSON (or text) lines instead of Celery's own format: a receiver here tells Celery
+    not to configure logging itself. Task lines carry the erasure request's ids."""
+    from api.observability.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(loglevel or settings.log_level, settings.log_format)
+
+
 @worker_ready.connect
 def _start_dispatcher(sender: Any = None, **_kw: Any) -> None:
     global _dispatcher
     from worker.dispatch import Dispatcher
 
+    port = get_settings().worker_metrics_port
+    if port:  # this worker's job histograms (the API's /metrics has the database gauges)
+        from api.observability.metrics import serve_worker_metrics
+
+        serve_worker_metrics(port, get_settings().worker_metrics_addr)
     interval = get_settings().dispatch_interval_seconds
     if interval <= 0:
         log.info("dispatcher off (LETHE_DISPATCH_INTERVAL_SECONDS=0)")

@@ -36,6 +36,7 @@ import api.database.all_models  # noqa: F401
 from api.config import get_settings
 from api.erasure import flows as erasure_flows
 from api.errors import TRANSIENT_ERRORS
+from api.observability.context import log_context
 from api.registry import flows as registry_flows
 from worker.celery_app import DISPATCH, PROCESS_JOB, TRAIN_RUN, TRAIN_SISA_SHARD, app
 
@@ -71,13 +72,14 @@ def process_job(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
     """Do erasure job ``job_id`` on this worker's device; ``completed``/``failed``/``skipped``."""
     session_factory, store = _resources()
     started = time.perf_counter()
-    outcome = erasure_flows.process_job(
-        session_factory=session_factory,
-        store=store,
-        job_id=int(job_id),
-        device=worker_device(),
-        retry_transient=self.request.retries < self.max_retries,
-    )
+    with log_context(job_id=int(job_id)):  # the flow adds the request's ids once claimed
+        outcome = erasure_flows.process_job(
+            session_factory=session_factory,
+            store=store,
+            job_id=int(job_id),
+            device=worker_device(),
+            retry_transient=self.request.retries < self.max_retries,
+        )
     log.info(
         "job %s: %s in %.2fs on %s (delivery %s, retry %s)",
         job_id,

@@ -57,6 +57,8 @@ from api.erasure import states
 from api.erasure.models import ErasureRequest, RequestJob
 from api.erasure.states import JobStatus, RequestStatus
 from api.errors import is_transient
+from api.observability.context import log_context
+from api.observability.metrics import observe_job, observe_unlearn
 from api.registry.models import Model, ModelVersion, TrainingRun
 from unlearning_core.errors import BlobNotFoundError, LetheError, RunError
 from unlearning_core.forget import ForgetSpec
@@ -114,6 +116,8 @@ class Claim:
     model_name: str
     method: str
     sample_ids: tuple[str, ...]
+    #: ``X-Request-ID`` of the HTTP request that filed the erasure request (log context).
+    http_request_id: str | None = None
 
 
 def error_text(exc: BaseException) -> str:
@@ -255,6 +259,7 @@ def claim(
             model_name=model.name,
             method=job.method,
             sample_ids=tuple(job.sample_ids or ()),
+            http_request_id=request.http_request_id,
         )
 
 
@@ -559,6 +564,8 @@ def _work(
             )
         if recorded:
             db.commit()
+            if forget:
+                observe_unlearn(method=c.method, seconds=done.outcome.unlearn_seconds)
         else:
             db.rollback()
         return recorded
@@ -633,6 +640,31 @@ def run_claimed(
 
 
 def _run(
+    *,
+    session_factory: SessionFactory,
+    store: BlobStore,
+    c: Claim,
+    device: torch.device,
+    retry_transient: bool = False,
+) -> str:
+    """:func:`_run_job` with the request's ids bound to every log line it writes (the HTTP
+    request id stored with the request, so an API line and the worker's share it) and its
+    duration observed as ``lethe_job_duration_seconds``."""
+    started = time.perf_counter()
+    outcome = "retrying"  # what an exception out of _run_job means
+    with log_context(
+        request_id=c.http_request_id, erasure_request_id=c.request_id, job_id=c.job_id, model=c.model_name
+    ):
+        try:
+            outcome = _run_job(
+                session_factory=session_factory, store=store, c=c, device=device, retry_transient=retry_transient
+            )
+        finally:
+            observe_job(method=c.method, outcome=outcome, seconds=time.perf_counter() - started)
+    return outcome
+
+
+def _run_job(
     *,
     session_factory: SessionFactory,
     store: BlobStore,

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from api.database.core import Base, UTCDateTime, utcnow
+from api.observability.context import current_request_id
 
 
 class ErasureRequest(Base):
@@ -33,6 +34,11 @@ class ErasureRequest(Base):
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: ``X-Request-ID`` of the HTTP request that filed it (taken from the log context when
+    #: the row is inserted), so the worker's log lines for it carry the same id.
+    http_request_id: Mapped[str | None] = mapped_column(
+        String(128), nullable=True, default=current_request_id
+    )
 
     jobs: Mapped[list[RequestJob]] = relationship(back_populates="request", lazy="raise", order_by="RequestJob.id")
 

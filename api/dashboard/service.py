@@ -1,0 +1,171 @@
+"""What the dashboard pages show, read through the domain services in the admin's tenant.
+
+The pages never call the HTTP API: they use the same service functions its handlers use,
+so tenancy and filtering rules are the API's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.audit.models import AuditEvent
+from api.audit.service import verify
+from api.auth.dependencies import Principal
+from api.erasure import service as erasure
+from api.erasure.models import ErasureRequest
+from api.erasure.schemas import RequestStats, RequestStatusOut, RequestSummary
+from api.erasure.states import FINAL
+from api.registry import service as registry
+from api.registry.models import Model, ModelVersion
+
+#: The metrics a version row and the chart show, in this order (DESIGN.md names).
+VERSION_METRICS = (
+    "forget_acc", "retain_acc", "test_acc", "macro_f1", "mia_auc", "mia_efficacy",
+    "unlearn_seconds", "recovery_seconds", "relearn_steps",
+)
+#: The series of the model chart: accuracies and the membership-inference AUC, all 0..1.
+CHART_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_auc")
+PAGE_SIZE = 50
+
+
+def is_final(status: str) -> bool:
+    return status in {s.value for s in FINAL}
+
+
+@dataclass(frozen=True)
+class RequestsPage:
+    items: list[RequestSummary]
+    total: int
+    stats: RequestStats
+    offset: int
+    limit: int = PAGE_SIZE
+
+    @property
+    def live(self) -> bool:
+        """Whether a row may still change (the page keeps polling while one can)."""
+        return any(not is_final(r.status) for r in self.items)
+
+
+def requests_page(
+    *, db: Session, principal: Principal, filters: erasure.RequestFilter, offset: int = 0
+) -> RequestsPage:
+    items, total = erasure.get_all(db=db, principal=principal, filters=filters, limit=PAGE_SIZE, offset=offset)
+    return RequestsPage(
+        items=items, total=total, stats=erasure.stats(db=db, principal=principal), offset=offset
+    )
+
+
+@dataclass(frozen=True)
+class RequestDetail:
+    status: RequestStatusOut
+    events: list[AuditEvent]
+
+    @property
+    def live(self) -> bool:
+        return not is_final(self.status.status)
+
+
+def request_detail(*, db: Session, principal: Principal, request_id: str) -> RequestDetail:
+    """The request (404 for another tenant's), its jobs with versions and metrics, its audit
+    timeline."""
+    request = erasure.get(db=db, request_id=request_id, principal=principal)
+    return RequestDetail(
+        status=erasure.status_of(db=db, request=request),
+        events=erasure.audit_events(db=db, request=request),
+    )
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    dataset: str
+    architecture: str
+    method: str
+    unlearn_method: str
+    status: str
+    latest: int | None
+
+
+def models(*, db: Session) -> list[ModelRow]:
+    return [
+        ModelRow(
+            name=m.name, dataset=dataset, architecture=m.architecture, method=m.method,
+            unlearn_method=m.unlearn_method, status=m.status, latest=latest,
+        )
+        for m, dataset, latest in registry.get_all(db=db)
+    ]
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    number: int
+    parent: int | None
+    method: str
+    created_at: Any
+    weights_sha256: str
+    metrics: dict[str, Any]
+    requests: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelHistory:
+    model: Model
+    dataset: str
+    versions: list[VersionRow]
+
+    def chart(self) -> dict[str, Any]:
+        """Chart.js data: one label per version, one series per metric (null where a
+        version has no such metric, e.g. a version 0 trained before evaluation existed)."""
+        return {
+            "labels": [f"v{v.number}" for v in self.versions],
+            "series": {
+                name: [_number(v.metrics.get(name)) for v in self.versions] for name in CHART_METRICS
+            },
+        }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def model_history(*, db: Session, principal: Principal, name: str) -> ModelHistory:
+    """The model's versions, oldest first, with metrics and the tenant's requests each answers."""
+    model = registry.get_or_raise(db=db, name=name)
+    versions: list[ModelVersion] = registry.get_versions(db=db, model_id=model.id)
+    answered = registry.answers(db=db, version_ids=[v.id for v in versions], tenant=principal.tenant)
+    return ModelHistory(
+        model=model,
+        dataset=registry.dataset_name(db=db, model=model),
+        versions=[
+            VersionRow(
+                number=v.number, parent=v.parent_number, method=v.method, created_at=v.created_at,
+                weights_sha256=v.weights_sha256, metrics=v.metrics or {}, requests=answered[v.id],
+            )
+            for v in versions
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    result: dict[str, Any]
+    events: list[AuditEvent]
+
+
+def audit_page(*, db: Session, principal: Principal, limit: int = 50) -> AuditPage:
+    """The whole chain's verification (hashes only) and the tenant's latest request events:
+    another tenant's events name its data subjects and are not shown."""
+    events = list(
+        db.scalars(
+            select(AuditEvent)
+            .join(ErasureRequest, ErasureRequest.id == AuditEvent.request_id)
+            .where(ErasureRequest.tenant == principal.tenant)
+            .order_by(AuditEvent.seq.desc())
+            .limit(limit)
+        )
+    )
+    return AuditPage(result=verify(db), events=events)
