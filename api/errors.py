@@ -133,7 +133,16 @@ class BodySizeLimit(BaseHTTPMiddleware):
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
         if length is None and request.method in ("POST", "PUT", "PATCH"):
-            body = await request.body()  # chunked: read (bounded by the server) and measure
-            if len(body) > self.max_bytes:
-                return JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
+            # Chunked: count while reading and stop at the limit. Reading it all first (as
+            # ``request.body()`` does) let one client hold an unbounded body in memory.
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    return JSONResponse(
+                        {"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413
+                    )
+                chunks.append(chunk)
+            request._body = b"".join(chunks)  # what request.body() caches: replayed downstream
         return await call_next(request)
