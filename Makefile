@@ -9,7 +9,7 @@ export LETHE_S3_ENDPOINT ?= 127.0.0.1:9900
 export LETHE_S3_PORT ?= 9900
 PYTEST_ARGS ?=
 
-.PHONY: venv install run test services help
+.PHONY: venv install run test services browser help
 
 help:
 	@echo "make test  - install what the tests need, start PostgreSQL/Redis/S3 on loopback, run pytest"
@@ -29,8 +29,13 @@ venv install: $(VENV)/.installed
 services: install
 	bash scripts/ensure-services.sh $(VENV)/bin
 
+# Headless Chromium for the dashboard's browser test (Debian's package, driven by Playwright;
+# Playwright downloads no browser of its own).
+browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
 run: install
 	$(VENV)/bin/lethe serve
 
-test: install services
+test: install services browser
 	$(PY) -m pytest $(PYTEST_ARGS)
