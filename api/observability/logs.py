@@ -14,6 +14,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from api.observability.context import fields
@@ -42,6 +43,8 @@ class LetheJsonFormatter(JsonFormatter):
         super().__init__(
             "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            # uvicorn's extra copy of its message with terminal colour codes
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
             json_ensure_ascii=False,
         )
 
