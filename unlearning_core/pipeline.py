@@ -7,7 +7,8 @@ branches on a method's name: methods are found in the registry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,9 +23,12 @@ from unlearning_core.metrics import accuracy, collect_outputs, evaluate_unlearni
 from unlearning_core.runs.artifact import open_artifact
 from unlearning_core.runs.ledger import LedgerStore, VersionEntry
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, SisaSpec, TrainingSpec
+from unlearning_core.report.records import ErasureRecord, save_record
+from unlearning_core.report.timeline import TimelinePoint, TimelineProbe
 from unlearning_core.runs.train import train_run
 from unlearning_core.sisa.run import train_sisa_run
-from unlearning_core.store import BlobStore
+from unlearning_core.store import BlobRef, BlobStore
+from unlearning_core.training.loop import observing_sgd_steps
 
 
 def train(
@@ -85,6 +89,8 @@ class MethodRun:
     outcome: UnlearnOutcome
     version: VersionEntry | None
     context: UnlearnContext
+    #: Accuracy right after the erasure (and after recovery, if any), for the timeline.
+    timeline: list[TimelinePoint] = field(default_factory=list)
 
 
 def apply_method(
@@ -120,8 +126,43 @@ def apply_method(
         publish=publish,
         progress=progress,
     )
-    outcome = impl.unlearn(ctx)
-    return MethodRun(method=impl.name, outcome=outcome, version=publish_version(ctx, outcome, impl.name), context=ctx)
+    probe = TimelineProbe(
+        ctx.dataset.test, ctx.dataset.num_classes, device=device, seed=artifact.spec.training.seed
+    ) if publish and len(ctx.dataset.test) else None
+    before_recovery: list[TimelinePoint] = []
+
+    def watch(model: torch.nn.Module, steps: int) -> None:
+        # Methods call sgd_steps only for the recovery fine-tune (last); keep its start.
+        if probe is not None and steps == ctx.options.recovery_steps:
+            before_recovery[:] = [probe(model, 0, "unlearn")]
+
+    with observing_sgd_steps(watch):
+        outcome = impl.unlearn(ctx)
+    version = publish_version(ctx, outcome, impl.name)
+    timeline: list[TimelinePoint] = []
+    if probe is not None and outcome.changed:
+        recovered = ctx.options.recovery_steps > 0 and bool(before_recovery)
+        final = probe(outcome.model, ctx.options.recovery_steps if recovered else 0,
+                      "recovery" if recovered else "unlearn")
+        timeline = [*before_recovery, final] if recovered else [final]
+    return MethodRun(method=impl.name, outcome=outcome, version=version, context=ctx, timeline=timeline)
+
+
+def save_erasure_record(done: MethodRun, metrics: dict[str, Any] | None, forget: str) -> BlobRef | None:
+    """Keep what a later report of the new version needs beside the run (None if nothing
+    was published)."""
+    ctx, version = done.context, done.version
+    if version is None or not (ctx.publish and done.outcome.changed):
+        return None
+    labels = ctx.dataset.train.labels[ctx.forget_positions].tolist() if len(ctx.forget_positions) else []
+    record = ErasureRecord(
+        version=version.version, parent=version.parent, method=done.method,
+        guarantee=get_method(done.method).guarantee, forget=forget, forget_ids=list(ctx.forget_ids),
+        forget_classes=sorted({int(k) for k in labels}), recovery_steps=ctx.options.recovery_steps,
+        timeline=done.timeline,
+        metrics=json.loads(json.dumps(metrics, default=str)) if metrics is not None else None,
+    )
+    return save_record(ctx.artifact.store, ctx.artifact.prefix, record)
 
 
 def report(
@@ -184,7 +225,9 @@ def unlearn(
         store, run_id=run_id, method=method, forget=forget, options=options, device=device,
         publish=publish, progress=progress,
     )
-    return {"forget": forget.describe(), **report(done, evaluate=evaluate, retrained_state=retrained_state)}
+    out = {"forget": forget.describe(), **report(done, evaluate=evaluate, retrained_state=retrained_state)}
+    save_erasure_record(done, out if evaluate else None, forget.describe())
+    return out
 
 
 GAP_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_auc", "mia_efficacy")

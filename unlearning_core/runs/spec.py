@@ -47,6 +47,8 @@ class TrainingSpec(BaseModel):
     seed: int
     concentrate_class: int | None = None
     concentrate_share: float | None = None
+    # Accuracy timeline: evaluate every N steps (None: about 20 points per run; 0: off).
+    timeline_every: int | None = Field(default=None, ge=0)
 
 
 class RecordingSpec(BaseModel):
@@ -115,3 +117,4 @@ class RunSpec(BaseModel):
     samples: BlobPointer
     index: BlobPointer
     updates: BlobPointer
+    timeline: BlobPointer | None = None  # timeline/train.json (accuracy during training)

@@ -10,6 +10,7 @@ from unlearning_core.data import Dataset
 from unlearning_core.errors import RunError
 from unlearning_core.models import create_model
 from unlearning_core.recording import UpdateRecorder, float_state
+from unlearning_core.report.timeline import TimelineProbe, auto_every, training_observer
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.index import StepIndex
 from unlearning_core.runs.writing import ensure_new_run, publish_run, put_samples
@@ -68,9 +69,15 @@ def train_run(
         fmt = recording.update_format({k: tuple(v.shape) for k, v in float_state(model).items()})
         recorder = UpdateRecorder(model, fmt=fmt, store=store, prefix=prefix)
     optim = OptimConfig(lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay)
+    total_steps = sum(len(e) for e in plan)
+    observe, timeline = None, None
+    every = auto_every(total_steps) if training.timeline_every is None else training.timeline_every
+    if every > 0 and len(dataset.test) > 0:
+        probe = TimelineProbe(dataset.test, dataset.num_classes, device=device, seed=training.seed)
+        observe, timeline = training_observer(probe, every, total_steps)
     seconds = train_plan(
         model, dataset.train, plan, optim=optim, device=device, recorder=recorder,
-        progress=progress, desc=f"train {run_id}",
+        progress=progress, desc=f"train {run_id}", observe=observe,
     )
     stats = recorder.close() if recorder is not None else None
 
@@ -79,6 +86,11 @@ def train_run(
     samples = put_samples(store, prefix, dataset.train)
     blobs = [BlobPointer.of(b.ref).model_dump() for b in stats.blobs] if stats else []
     updates = store.put(f"{prefix}/updates.json", json.dumps(blobs).encode())
+    timeline_ref = (
+        store.put_json(f"{prefix}/timeline/train.json", timeline.model_dump(mode="json"))
+        if timeline is not None
+        else None
+    )
     spec = RunSpec(
         method={"none": "plain", "full": "amnesiac", "partial": "partial-amnesiac"}[recording.mode],
         run_id=run_id,
@@ -91,7 +103,7 @@ def train_run(
         recording=recording,
         tensors={k: list(v.shape) for k, v in float_state(model).items()},
         results=RunResults(
-            steps=sum(len(e) for e in plan),
+            steps=total_steps,
             train_seconds=seconds,
             stall_seconds=stats.stall_seconds if stats else 0.0,
             storage_bytes=stats.storage_bytes if stats else 0,
@@ -102,5 +114,6 @@ def train_run(
         samples=BlobPointer.of(samples),
         index=BlobPointer.of(index),
         updates=BlobPointer.of(updates),
+        timeline=BlobPointer.of(timeline_ref) if timeline_ref is not None else None,
     )
     return publish_run(RecordedRun(store, spec))

@@ -7,6 +7,9 @@ forward pass and right after ``optimizer.step()``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +20,24 @@ from tqdm.auto import tqdm
 from unlearning_core.data import SampleSet
 from unlearning_core.recording import UpdateRecorder
 from unlearning_core.training.batching import BatchPlan
+
+#: ``observe(step, model)`` of :func:`train_plan`: called before the first step and after
+#: each step (``step`` = steps done); its own time is left out of the returned seconds.
+StepObserver = Callable[[int, torch.nn.Module], None]
+#: Called with ``(model, steps)`` at the start of each :func:`sgd_steps` call, untimed:
+#: how the pipeline sees the candidate right before a recovery fine-tune.
+SgdObserver = Callable[[torch.nn.Module, int], None]
+_sgd_observer: ContextVar[SgdObserver | None] = ContextVar("sgd_observer", default=None)
+
+
+@contextmanager
+def observing_sgd_steps(observer: SgdObserver) -> Iterator[None]:
+    """Within the block, every :func:`sgd_steps` call first shows its model to ``observer``."""
+    token = _sgd_observer.set(observer)
+    try:
+        yield
+    finally:
+        _sgd_observer.reset(token)
 
 
 @dataclass(frozen=True)
@@ -50,14 +71,26 @@ def train_plan(
     recorder: UpdateRecorder | None = None,
     progress: bool = False,
     desc: str = "train",
+    observe: StepObserver | None = None,
 ) -> float:
-    """Run every planned batch once; returns wall seconds (recording included)."""
+    """Run every planned batch once; returns wall seconds (recording included, the
+    ``observe`` calls, e.g. timeline evaluations, left out)."""
     model.to(device).train()
     optimizer = optim.build(model)
     images = samples.images.to(device)
     labels = samples.labels.to(device)
     total = sum(len(epoch) for epoch in plan)
     started = time.perf_counter()
+    observed = 0.0
+
+    def _observe(done: int) -> float:
+        if observe is None:
+            return 0.0
+        t0 = time.perf_counter()
+        observe(done, model)
+        return time.perf_counter() - t0
+
+    observed += _observe(0)
     step = 0
     with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
         for epoch, batches in enumerate(plan):
@@ -72,10 +105,11 @@ def train_plan(
                 if recorder is not None:
                     recorder.after_step(step=step, epoch=epoch, batch=b)
                 step += 1
+                observed += _observe(step)
                 bar.update(1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - started
+    return time.perf_counter() - started - observed
 
 
 def sgd_steps(
@@ -97,6 +131,9 @@ def sgd_steps(
     """
     if steps <= 0 or len(samples) == 0:
         return 0.0
+    observer = _sgd_observer.get()
+    if observer is not None:
+        observer(model, steps)
     model.to(device).train()
     optimizer = optim.build(model)
     images = samples.images.to(device)
