@@ -60,6 +60,7 @@ from api.errors import is_transient
 from api.observability.context import log_context
 from api.observability.metrics import observe_job, observe_unlearn
 from api.registry.models import Model, ModelVersion, TrainingRun
+from api.registry.reports import publish_report
 from unlearning_core.errors import BlobNotFoundError, LetheError, RunError
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import MethodRun, apply_method, report
@@ -410,20 +411,7 @@ def _record(
     if changed:
         assert done is not None and done.version is not None
         entry = done.version
-        version = ModelVersion(
-            model_id=c.model_id,
-            number=entry.version,
-            parent_number=entry.parent,
-            method=entry.method,
-            weights_key=entry.weights.key,
-            weights_sha256=entry.weights.sha256,
-            weights_size=entry.weights.size,
-            metrics=metrics,
-            created_at=entry.created_at,
-        )
-        db.add(version)
-        db.flush()
-        audit_append(
+        published = audit_append(
             db,
             "version.published",
             request_id=c.request_id,
@@ -438,6 +426,46 @@ def _record(
                 "weights_size": entry.weights.size,
                 "metrics": metrics,
             },
+        )
+        # The report names the event above (its place in the chain), so it comes after it
+        # and before the row, which is written once, with the report's key and sha256.
+        rendered = publish_report(
+            store=store,
+            done=done,
+            ledger=DbLedger(db, run, store=store).load(),
+            model_name=c.model_name,
+            request_id=c.request_id,
+            subject_id=request.subject_id,
+            metrics=metrics,
+            audit=published,
+        )
+        ref = rendered.ref
+        version = ModelVersion(
+            model_id=c.model_id,
+            number=entry.version,
+            parent_number=entry.parent,
+            method=entry.method,
+            weights_key=entry.weights.key,
+            weights_sha256=entry.weights.sha256,
+            weights_size=entry.weights.size,
+            metrics=metrics,
+            created_at=entry.created_at,
+            report_key=ref.key if ref else None,
+            report_sha256=ref.sha256 if ref else None,
+            report_size=ref.size if ref else None,
+            report_tenant=request.tenant if ref else None,
+        )
+        db.add(version)
+        db.flush()
+        audit_append(
+            db,
+            "version.report" if ref else "version.report_failed",
+            request_id=c.request_id,
+            model_name=c.model_name,
+            actor=WORKER,
+            payload={"version": entry.version, "report_key": ref.key, "report_sha256": ref.sha256}
+            if ref
+            else {"version": entry.version, "error": rendered.error},
         )
     else:
         head = (

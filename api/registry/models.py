@@ -68,5 +68,10 @@ class ModelVersion(Base):
     weights_size: Mapped[int] = mapped_column(BigInteger)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The erasure report (HTML blob), written with the row; NULL when there is none.
+    report_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    report_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    report_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    report_tenant: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")

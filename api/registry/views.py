@@ -7,8 +7,9 @@ raised by :mod:`api.registry.dependencies`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from api.auth.dependencies import AdminDep, DbDep, RegistryDep, require_scope
@@ -17,7 +18,10 @@ from api.registry import service
 from api.registry.dependencies import LATEST, ModelDep, VersionDep
 from api.registry.models import Model, ModelVersion
 from api.registry.schemas import ModelCreate, ModelOut, ModelSummary, TrainingRunOut, VersionOut
-from unlearning_core.errors import BlobIntegrityError
+from api.errors import NotFoundError
+from api.registry.reports import read_report
+from unlearning_core.errors import BlobIntegrityError, BlobStoreError
+from unlearning_core.report.html import render_pdf
 from unlearning_core.store import BlobStore
 from worker.enqueue import enqueue_training
 
@@ -242,3 +246,43 @@ def download_weights(
     return StreamingResponse(
         _chunks(store, row), media_type="application/octet-stream", headers=headers
     )
+
+
+@router.get(
+    "/{name}/versions/{version}/report",
+    response_class=Response,
+    summary="A version's erasure report: requests answered, method and guarantee, metrics, "
+    "Grad-CAM grid, accuracy timeline, sha256s, audit position (HTML, or ?format=pdf)",
+    operation_id="version_report",
+    responses={
+        200: {
+            "content": {"text/html": {}, "application/pdf": {}},
+            "description": "The report (self-contained HTML, or the same page as PDF)",
+        },
+        **AUTH_ERRORS,
+        404: {"description": "Unknown model or version, or the version has no report for your tenant"},
+    },
+)
+def get_report(
+    model: ModelDep,
+    row: VersionDep,
+    principal: RegistryDep,
+    db: DbDep,
+    format: Annotated[Literal["html", "pdf"], Query(description="html (default) or pdf")] = "html",
+) -> Response:
+    # Another tenant's report names its request ids: it gets the same 404 as "no report".
+    if row.report_key is None or row.report_sha256 is None or row.report_tenant != principal.tenant:
+        why = " (version 0 is the trained model; reports come with erasures)" if row.number == 0 else ""
+        raise NotFoundError(f"model {model.name!r} version {row.number} has no erasure report{why}")
+    try:
+        html = read_report(_store_for(db, model), row.report_key, row.report_sha256)
+    except BlobStoreError as exc:
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+            f"report of {model.name} v{row.number} cannot be served: {exc}",
+        ) from None
+    headers = {"X-Content-SHA256": row.report_sha256, "X-Lethe-Version": str(row.number)}
+    if format == "pdf":
+        headers["Content-Disposition"] = f'inline; filename="{model.name}-v{row.number}-report.pdf"'
+        return Response(render_pdf(html.decode("utf-8")), media_type="application/pdf", headers=headers)
+    return Response(html, media_type="text/html; charset=utf-8", headers=headers)
