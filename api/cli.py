@@ -112,5 +112,32 @@ def audit_verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     raise typer.Exit(0 if result["ok"] else 1)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Benchmark: a script bench/NAME.py or bench/NAME.sh of the checkout.")] = None,
+) -> None:
+    """Run a benchmark of the checkout (`lethe bench NAME --help` for its options); it prints
+    one JSON object on its last stdout line and writes it under bench/results/."""
+    import subprocess
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "bench"
+    scripts = {p.stem: p for p in sorted(folder.glob("*.py")) + sorted(folder.glob("*.sh")) if p.stem != "common"}
+    if name in (None, "--help", "-h"):
+        typer.echo("usage: lethe bench NAME [ARGS]...\n\nbenchmarks: " + ", ".join(scripts or ["none found"]))
+        raise typer.Exit(0)
+    if not folder.is_dir():
+        raise typer.BadParameter(f"no bench/ folder beside the installed package ({folder})", param_hint="NAME")
+    if name not in scripts:
+        raise typer.BadParameter(f"unknown benchmark {name!r}; known: {', '.join(scripts)}", param_hint="NAME")
+    script = scripts[name]
+    cmd = [sys.executable, str(script)] if script.suffix == ".py" else ["bash", str(script)]
+    raise typer.Exit(subprocess.call([*cmd, *ctx.args], cwd=folder.parent))  # noqa: S603
+
+
 def main() -> None:
     core_main()
