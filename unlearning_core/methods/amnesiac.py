@@ -24,6 +24,8 @@ from unlearning_core.methods.base import (
     recover,
     register_method,
 )
+from unlearning_core.methods.layerwise import DEFAULT_PRUNE
+from unlearning_core.methods.prune_search import measurer, resolve_criterion, search_prune
 from unlearning_core.recording import PruneSchedule, decode_update
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.spec import BlobPointer
@@ -128,9 +130,13 @@ class AmnesiacMethod(UnlearningMethod):
         todo = [s for s in affected if s not in done]
         parent = run.load_weights(ctx.ledger.head.weights)
         started = time.perf_counter()
-        state, bytes_read = subtract_steps(
-            run, parent, todo, prune=prune, device=ctx.device, progress=ctx.progress, desc=self.name
-        )
+        search: dict = {}
+        if opts.prune_search is not None:
+            state, bytes_read, search = self._search(ctx, parent, todo)
+        else:
+            state, bytes_read = subtract_steps(
+                run, parent, todo, prune=prune, device=ctx.device, progress=ctx.progress, desc=self.name
+            )
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         unlearn_seconds = time.perf_counter() - started
@@ -149,8 +155,51 @@ class AmnesiacMethod(UnlearningMethod):
                 "batches_subtracted": len(todo),
                 "batches_already_subtracted": len(affected) - len(todo),
                 "bytes_read": bytes_read,
+                **search,
             },
         )
+
+    def _search(
+        self, ctx: UnlearnContext, parent: dict[str, torch.Tensor], todo: list[int]
+    ) -> tuple[dict[str, torch.Tensor], int, dict]:
+        """``--prune auto``: the largest pruning that still forgets (see prune_search)."""
+        run: RecordedRun = ctx.artifact
+        opts = ctx.options
+        if not self.partial:
+            raise MethodError("--prune auto searches a layer-wise pruning: use --method partial-amnesiac")
+        if opts.prune_last is not None:
+            raise MethodError("--prune auto searches the last layer's share: drop --prune-last")
+        rec = run.spec.recording
+        recorded = rec.mode == "partial"
+        first = opts.prune_first if opts.prune_first is not None else (
+            rec.prune_first if recorded else DEFAULT_PRUNE[0]
+        )
+        floor = rec.prune_last if recorded else 0.0
+        prune_shares(run, partial=True, prune_first=first, prune_last=floor)  # lighter than recorded?
+        bytes_read = 0
+
+        def candidate(schedule: PruneSchedule) -> dict[str, torch.Tensor]:
+            nonlocal bytes_read
+            state, n = subtract_steps(
+                run, parent, todo, prune=schedule.tensor_shares(run.spec.tensors),
+                device=ctx.device, progress=ctx.progress, desc=f"{self.name} auto",
+            )
+            bytes_read += n
+            return state
+
+        criterion = resolve_criterion(opts.prune_search, ctx.dataset.train.labels.numpy(), ctx.forget_positions)
+        found = search_prune(
+            first=first, floor=floor, search=opts.prune_search, criterion=criterion,
+            shapes=run.spec.tensors, candidate=candidate,
+            measure=measurer(criterion, run.model_with, ctx.dataset, ctx.forget_positions, ctx.device),
+        )
+        record = {
+            "prune_first": found.chosen.prune_first,
+            "prune_last": found.chosen.prune_last,
+            "pruned_share": found.chosen.pruned_share,
+            "prune_auto": found.describe(),
+        }
+        return found.state, bytes_read, record
 
 
 @register_method

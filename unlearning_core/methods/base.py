@@ -24,6 +24,7 @@ import torch
 
 from unlearning_core.data import Dataset
 from unlearning_core.errors import MethodError
+from unlearning_core.methods.prune_search import PruneSearch
 from unlearning_core.runs.ledger import Ledger
 from unlearning_core.runs.spec import BlobPointer
 from unlearning_core.training.loop import sgd_steps
@@ -41,6 +42,7 @@ class UnlearnOptions:
 
     prune_first: float | None = None
     prune_last: float | None = None
+    prune_search: PruneSearch | None = None  # partial-amnesiac --prune auto
     recovery_steps: int = 0
     steps: int | None = None  # label-flip / neg-grad iterations
     lr: float | None = None
