@@ -457,16 +457,6 @@ def _record(
         )
         db.add(version)
         db.flush()
-        audit_append(
-            db,
-            "version.report" if ref else "version.report_failed",
-            request_id=c.request_id,
-            model_name=c.model_name,
-            actor=WORKER,
-            payload={"version": entry.version, "report_key": ref.key, "report_sha256": ref.sha256}
-            if ref
-            else {"version": entry.version, "error": rendered.error},
-        )
     else:
         head = (
             done.version

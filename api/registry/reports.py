@@ -6,7 +6,8 @@ its key and sha256 go into the version's row when the row is written (rows are n
 updated). What the library needs from the database (request ids, subject, counts, the
 audit position) is handed to :func:`unlearning_core.report.build.erasure_report` as plain
 data. A report that cannot be rendered does not hold up the erasure: the version is
-published without one, and the failure is audited.
+published without one and the failure is logged (the audit chain's event kinds per job
+stay as they were).
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ from fastapi.responses import StreamingResponse
 
 from api.auth.dependencies import AdminDep, DbDep, RegistryDep, require_scope
 from api.blobs import get_store
+from api.errors import NotFoundError
 from api.registry import service
 from api.registry.dependencies import LATEST, ModelDep, VersionDep
 from api.registry.models import Model, ModelVersion
-from api.registry.schemas import ModelCreate, ModelOut, ModelSummary, TrainingRunOut, VersionOut
-from api.errors import NotFoundError
 from api.registry.reports import read_report
+from api.registry.schemas import ModelCreate, ModelOut, ModelSummary, TrainingRunOut, VersionOut
 from unlearning_core.errors import BlobIntegrityError, BlobStoreError
 from unlearning_core.report.html import render_pdf
 from unlearning_core.store import BlobStore

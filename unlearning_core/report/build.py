@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from unlearning_core.errors import RunError
+from unlearning_core.methods.base import get_method
 from unlearning_core.metrics import evaluate_unlearning
 from unlearning_core.report import figures
 from unlearning_core.report.gradcam import GradCamError, build_panel
@@ -125,7 +126,7 @@ def erasure_report(
     columns = [f"previous (v{parent_entry.version})", label_new]
     metric_sets = [previous, metrics]
     distances = {label_new: metrics.get("layer_distance") or {}}
-    cam_models = [(f"original (v0)", run.model_with(original_state)), (label_new, new_model)]
+    cam_models = [("original (v0)", run.model_with(original_state)), (label_new, new_model)]
     blobs = [
         ("weights: original (v0)", run.spec.trained_weights),
         (f"weights: v{version}", entry.weights),
@@ -171,8 +172,6 @@ def erasure_report(
         figs["timeline"] = figures.timeline_chart(assemble(training, chain), record.forget_classes)
     else:
         notes["timeline"] = "no accuracy timeline was recorded for this run (trained before timelines existed, or with timeline_every=0)"
-
-    from unlearning_core.methods.base import get_method
 
     impl = get_method(record.method)
     context = {
