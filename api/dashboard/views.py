@@ -25,9 +25,10 @@ from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request, sta
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 from starlette.middleware.sessions import SessionMiddleware
 
-from api.auth.dependencies import DbDep
+from api.auth.dependencies import DbDep, Principal
 from api.config import Settings
 from api.dashboard import auth, service
 from api.dashboard.auth import AdminSession, LoginRequired
@@ -147,7 +148,7 @@ OffsetQ = Annotated[int, Query(ge=0)]
 
 
 def _requests_context(
-    principal: Any, db: Any, status_: str | None, subject: str | None, model: str | None,
+    principal: Principal, db: Session, status_: str | None, subject: str | None, model: str | None,
     overdue: str | None, offset: int,
 ) -> dict[str, Any]:
     page = service.requests_page(
