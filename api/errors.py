@@ -109,6 +109,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # The driver's message names host, port and user: not for clients. A restart or
+        # failover is the usual cause, so say when to come back (the request wrote nothing).
+        return JSONResponse(
+            {"detail": "the database is unavailable or busy; retry later (with the same Idempotency-Key, a retry is safe)"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
     @app.exception_handler(LetheError)
     async def _lethe(_: Request, exc: LetheError) -> JSONResponse:
         code = next((c for t, c in STATUS_OF.items() if isinstance(exc, t)), 400)
