@@ -45,6 +45,13 @@ def train_run(
     Runs are immutable: an existing ``run_id`` is an error, never an overwrite.
     """
     prefix = ensure_new_run(store, run_id)
+    # Checked before anything is written: a refused run leaves no debris in the store.
+    concentrate = None
+    if training.concentrate_class is not None:
+        positions = dataset.train.positions_of_class(training.concentrate_class)
+        if len(positions) == 0:
+            raise RunError(f"--concentrate names class {training.concentrate_class}, which has no samples")
+        concentrate = Concentration(positions, training.concentrate_share or 1.0)
     torch.manual_seed(training.seed)
     model = create_model(
         model_name,
@@ -54,12 +61,6 @@ def train_run(
     )
     initial = save_state(store, f"{prefix}/weights/initial.safetensors", model.state_dict())
 
-    concentrate = None
-    if training.concentrate_class is not None:
-        positions = dataset.train.positions_of_class(training.concentrate_class)
-        if len(positions) == 0:
-            raise RunError(f"--concentrate names class {training.concentrate_class}, which has no samples")
-        concentrate = Concentration(positions, training.concentrate_share or 1.0)
     plan = plan_batches(
         len(dataset.train), epochs=training.epochs, batch_size=training.batch_size,
         seed=training.seed, concentrate=concentrate,
