@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from unlearning_core.data import SampleSet
+from unlearning_core.errors import LetheError
 from unlearning_core.recording import UpdateRecorder
 from unlearning_core.training.batching import BatchPlan
 
@@ -58,7 +59,10 @@ def resolve_device(name: str | None) -> torch.device:
     """``None``/``auto`` picks CUDA when present; anything else is passed to torch."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # torch lists every backend it knows: not a useful message here
+        raise LetheError(f"invalid device {name!r}: use auto, cpu, cuda or cuda:N") from None
 
 
 def train_plan(
