@@ -125,6 +125,28 @@ def _read_pair(folder: Path, images_stem: str, labels_stem: str) -> tuple[np.nda
     return images, labels
 
 
+def _check_label_range(labels: np.ndarray, *, paths: tuple[Path, str], others: np.ndarray) -> None:
+    """Refuse a label far above every other one (a corrupt byte in a label file).
+
+    ``num_classes`` is the largest label + 1, so one damaged byte (200 among labels 0..9)
+    would silently make a 201-class dataset. The classes of an idx dataset are 0..K-1
+    without gaps, so a label above a class that never occurs is damage.
+    """
+    seen = np.union1d(np.unique(labels), np.unique(others))
+    gaps = np.setdiff1d(np.arange(int(seen.max()) + 1), seen)
+    if gaps.size == 0:
+        return
+    above = seen[seen > gaps.min()]
+    bad = [int(v) for v in np.unique(labels) if v in above]
+    if bad:
+        folder, stem = paths
+        where = int(np.flatnonzero(np.isin(labels, bad))[0])
+        raise DatasetError(
+            f"{find_idx_file(folder, stem) or folder / stem}: label {bad[-1]} (position {where}) is out of "
+            f"range: labels must be 0..K-1 without gaps, and {int(gaps.min())} never occurs"
+        )
+
+
 def load_idx_folder(
     folder: Path, *, name: str | None = None, class_names: tuple[str, ...] | None = None
 ) -> Dataset:
@@ -134,6 +156,8 @@ def load_idx_folder(
         raise DatasetError(f"{folder}: idx dataset folder not found")
     x_train, y_train = _read_pair(folder, IDX_FILES[0], IDX_FILES[1])
     x_test, y_test = _read_pair(folder, IDX_FILES[2], IDX_FILES[3])
+    _check_label_range(y_train, paths=(folder, IDX_FILES[1]), others=y_test)
+    _check_label_range(y_test, paths=(folder, IDX_FILES[3]), others=y_train)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     if class_names is None and folder.name.lower().replace("_", "-") in (
         "fashion-mnist",
