@@ -6,7 +6,8 @@ Clicks through: log in (wrong key, non-admin key, admin key), the requests list 
 row turns completed while the page is open: live polling), one request (per-model result,
 the new version's metrics, the audit timeline), the model page (Chart.js chart of the
 metrics per version), audit verification, log out. Screenshots go to
-``var/test-artifacts/`` and refresh ``docs/images/dashboard*.png`` (shown in the README).
+``var/test-artifacts/``; with ``LETHE_REFRESH_DOCS_IMAGES=1`` they also refresh
+``docs/images/dashboard*.png`` (shown in the README), so a plain test run leaves the tree clean.
 
 Chromium must be installed (``make test`` installs Debian's ``chromium``); without it this
 test FAILS with the command that installs it: a skipped browser test would hide a broken UI.
@@ -100,7 +101,7 @@ def shoot(page: Any, name: str, *, docs: bool = True, full_page: bool = False) -
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=full_page)
     assert path.stat().st_size > 10_000  # a real rendering, not a blank page
-    if docs:
+    if docs and os.environ.get("LETHE_REFRESH_DOCS_IMAGES") == "1":
         DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS_IMAGES / name)
     return path
