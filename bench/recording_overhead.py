@@ -12,7 +12,7 @@ the files with plain ``open().read()``. The blobs were just written, so local re
 from the page cache: this is the store's best case, and the ratio shows how much of the
 unlearning time is decoding and arithmetic rather than I/O.
 
-    python bench/recording_overhead.py [--n-train 20000] [--epochs 2] [--stores local,s3]
+    python bench/recording_overhead.py [--n-train 10000] [--epochs 2] [--stores local,s3]
 
 Prints one JSON object on the last line of stdout and writes it and a PNG under
 bench/results/.
@@ -93,7 +93,7 @@ def read_bandwidth(store: BlobStore, run: RecordedRun, steps: np.ndarray, root: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="small-cnn")
-    ap.add_argument("--n-train", type=int, default=20_000, help="stratified subset (0: all 60,000)")
+    ap.add_argument("--n-train", type=int, default=10_000, help="stratified subset (0: all 60,000)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.05)

@@ -7,7 +7,7 @@ over a few subjects, since the cost depends on which slice the subject sits in),
 retraining the single model from scratch. Everything runs in one process, so the ratios
 (``speedup_vs_retrain``, ``train_cost_vs_single``) come from one machine state.
 
-    python bench/sisa_sweep.py [--n-train 10000] [--epochs 2] [--device auto]
+    python bench/sisa_sweep.py [--n-train 6000] [--epochs 2] [--device auto]
 
 Prints one JSON object on the last line of stdout and writes it and a PNG under
 bench/results/.
@@ -50,7 +50,7 @@ def ints(text: str) -> list[int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="small-cnn")
-    ap.add_argument("--n-train", type=int, default=10_000, help="stratified subset (0: all 60,000)")
+    ap.add_argument("--n-train", type=int, default=6_000, help="stratified subset (0: all 60,000)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs (SISA: per slice stage)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)

@@ -8,7 +8,7 @@ retraining / median seconds of the method (unlearning + recovery fine-tune), so 
 ratio comes from the same run on the same machine. Forget and test accuracy are reported
 next to it, so a fast method that breaks the model shows as such.
 
-The size follows the device unless given: a 20,000-sample subset and 3 epochs on CPU, the
+The size follows the device unless given: a 10,000-sample subset and 2 epochs on CPU, the
 full 60,000 samples and 5 epochs on CUDA (about a minute on one H100).
 
     python bench/speedup.py [--device auto] [--n-train N] [--epochs E] [--repeats 3]
@@ -53,16 +53,16 @@ def sizes(args: argparse.Namespace, device: torch.device) -> tuple[int | None, i
     if args.smoke:
         return 600, 1, 1
     on_gpu = device.type == "cuda"
-    n_train = args.n_train if args.n_train is not None else (0 if on_gpu else 20_000)
-    epochs = args.epochs if args.epochs is not None else (5 if on_gpu else 3)
+    n_train = args.n_train if args.n_train is not None else (0 if on_gpu else 10_000)
+    epochs = args.epochs if args.epochs is not None else (5 if on_gpu else 2)
     return (n_train or None), epochs, args.repeats
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="small-cnn")
-    ap.add_argument("--n-train", type=int, default=None, help="training subset (0: all 60,000) [CPU 20000, CUDA all]")
-    ap.add_argument("--epochs", type=int, default=None, help="[CPU 3, CUDA 5]")
+    ap.add_argument("--n-train", type=int, default=None, help="training subset (0: all 60,000) [CPU 10000, CUDA all]")
+    ap.add_argument("--epochs", type=int, default=None, help="[CPU 2, CUDA 5]")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--methods", default=METHODS)
