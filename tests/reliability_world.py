@@ -31,11 +31,11 @@ DATASET = "digits-subjects"  # the name insert_digits_dataset registers
 SUBJECT = "subject-0003"
 
 
-def train_world_run(root: Path) -> Path:
+def train_world_run(root: Path, run_id: str = RUN_ID) -> Path:
     """One partial-amnesiac MLP on digits (one epoch): the run every world copies."""
     train_run(
         LocalBlobStore(root),
-        run_id=RUN_ID,
+        run_id=run_id,
         dataset=load_dataset("digits", subject_size=10),
         dataset_spec=DatasetSpec(spec="digits", subject_size=10),
         model_name="mlp",

@@ -59,6 +59,8 @@ REQUESTS = int(os.environ.get("LETHE_FAULT_REQUESTS", "2"))
 REPORT = os.environ.get("LETHE_FAULT_REPORT")  # bench/faults.py: where to write the figures
 FINAL = {"completed", "failed", "cancelled", "denied"}
 RESULTS: dict[str, dict[str, Any]] = {}
+#: The data faults need batches no earlier fault subtracted: each gets a model of its own.
+DATA_FAULT_MODELS = {"digits-corrupt": "world-run-corrupt", "digits-deleted": "world-run-deleted"}
 #: Workers see an abandoned job after 4 s and retry transient faults 10 times (backoff).
 WORKER_ENV = {
     "LETHE_DEVICE": "cpu",
@@ -106,12 +108,12 @@ class Stack:
     lanes: dict[str, Lane] = field(default_factory=dict)
 
 
-def _copy_run(src: Path, dst: Any) -> None:
+def _copy_runs(src: Path, dst: Any) -> None:
     from unlearning_core.store import LocalBlobStore
 
     local = LocalBlobStore(src)
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda k: dst.put(k, local.get(k)), local.list(f"runs/{RUN_ID}/")))
+        list(pool.map(lambda k: dst.put(k, local.get(k)), local.list("runs/")))
 
 
 def open_lane(stack: Stack, name: str, *, blob_store: str, redis_db: int, workers: int) -> Lane:
@@ -136,13 +138,14 @@ def open_lane(stack: Stack, name: str, *, blob_store: str, redis_db: int, worker
         lane = Lane(env=env, keys={}, workers=[], subjects=iter(range(143)))
         lane.activate(mp)
         store = get_store()
-        _copy_run(stack.runs, store)
+        _copy_runs(stack.runs, store)
         with get_sessionmaker()() as db:
             dataset = insert_digits_dataset(db)
-            insert_trained_model(
-                db, store=store, dataset_id=dataset.id, name=MODEL, run_id=RUN_ID, architecture="mlp",
-                method="partial-amnesiac",
-            )
+            for model, run_id in ((MODEL, RUN_ID), *DATA_FAULT_MODELS.items()):
+                insert_trained_model(
+                    db, store=store, dataset_id=dataset.id, name=model, run_id=run_id, architecture="mlp",
+                    method="partial-amnesiac",
+                )
             for scope in ("requester", "admin"):
                 lane.keys[scope] = create_key(db, name=f"faults-{scope}", scopes=[scope], tenant="acme")[1]
             db.commit()
@@ -165,7 +168,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pg.start()
         redis.start()
         s3.start()
-        train_world_run(made.runs)
+        for run_id in (RUN_ID, *DATA_FAULT_MODELS.values()):
+            train_world_run(made.runs, run_id)
         yield made
     finally:
         workers = [w for lane in made.lanes.values() for w in lane.workers]
@@ -216,12 +220,12 @@ class Api:
         self.client = TestClient(create_app(), raise_server_exceptions=False)
         self.refused: list[str] = []  # every non-2xx answer, "status: detail"
 
-    def file(self, subject: int, *, give_up_after: float = 60) -> str:
+    def file(self, subject: int, model: str, *, give_up_after: float = 60) -> str:
         key = f"fault-{subject}-{random.random()}"
         deadline = time.monotonic() + give_up_after
         while True:
             resp = self.client.post(
-                "/erasure-requests", json={"subject_id": f"subject-{subject:04d}"},
+                "/erasure-requests", json={"subject_id": f"subject-{subject:04d}", "models": [model]},
                 headers={**bearer(self.lane.keys["requester"]), "Idempotency-Key": key},
             )
             if resp.status_code == 202:
@@ -265,7 +269,7 @@ def readable(error: str | None) -> bool:
     return bool(error) and "Traceback" not in str(error) and len(str(error)) < 2000
 
 
-def tally(name: str, ids: list[str], rows: dict[str, ErasureRequest], **extra: Any) -> dict[str, Any]:
+def tally(name: str, ids: list[str], rows: dict[str, ErasureRequest], model: str, **extra: Any) -> dict[str, Any]:
     """The figures of one fault, from the database."""
     with session() as db:
         published = db.execute(
@@ -279,8 +283,8 @@ def tally(name: str, ids: list[str], rows: dict[str, ErasureRequest], **extra: A
             .group_by(ModelVersion.model_id, ModelVersion.parent_number)
             .having(func.count() > 1)
         ).all()
-        ledger = db.scalar(select(TrainingRun.ledger).join(Model).where(Model.name == MODEL))
-        versions = db.scalar(select(func.count(ModelVersion.id)))
+        ledger = db.scalar(select(TrainingRun.ledger).join(Model).where(Model.name == model))
+        versions = db.scalar(select(func.count(ModelVersion.id)).join(Model).where(Model.name == model))
         attempts = db.scalar(select(func.sum(RequestJob.attempts)).where(RequestJob.request_id.in_(ids))) or 0
     steps = ledger["subtracted_steps"]
     completed = sum(1 for r in rows.values() if r.status == "completed")
@@ -302,7 +306,7 @@ def tally(name: str, ids: list[str], rows: dict[str, ErasureRequest], **extra: A
 
 def run_fault(
     name: str, lane: Lane, inject: Callable[[], dict[str, Any] | None], *, timeout: float = 150,
-    repair: Callable[[], None] | None = None, rest_after: float = 0.0,
+    repair: Callable[[], None] | None = None, rest_after: float = 0.0, model: str = MODEL,
 ) -> dict[str, Any]:
     """File one request, start ``inject`` in a thread, file the others ``rest_after`` seconds
     later (into the fault); wait; count; assert the invariants. With ``repair``: then repair,
@@ -310,15 +314,15 @@ def run_fault(
     api = Api(lane)
     started = time.monotonic()
     subjects = [next(lane.subjects) for _ in range(REQUESTS)]
-    ids = [api.file(subjects[0])]
+    ids = [api.file(subjects[0], model)]
     notes: dict[str, Any] = {}
     fault = threading.Thread(target=lambda: notes.update(inject() or {}), name=f"fault-{name}")
     fault.start()
     time.sleep(rest_after)
-    ids += [api.file(s) for s in subjects[1:]]
+    ids += [api.file(s, model) for s in subjects[1:]]
     fault.join()
     rows = wait_final(ids, timeout)
-    figures = tally(name, ids, rows, api_503=len(api.refused), **notes)
+    figures = tally(name, ids, rows, model, api_503=len(api.refused), **notes)
     assert all(r.startswith("503") for r in api.refused), api.refused
     if repair is not None:
         assert figures["failed_readable"] >= 1, (figures, {r.id: r.error for r in rows.values()})
@@ -328,7 +332,7 @@ def run_fault(
             if row.status == "failed":
                 api.retry(rid)
         rows = wait_final(ids, timeout)
-        after = tally(f"{name} (after repair + admin retry)", ids, rows)
+        after = tally(f"{name} (after repair + admin retry)", ids, rows, model)
         figures["completed_after_retry"] = after["completed"]
         figures["lost"] = after["lost"]
         figures["duplicated_versions"] = after["duplicated_versions"]
@@ -400,7 +404,7 @@ def test_s3_server_stopped_for_a_while(lane: Lane, stack: Stack) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def blob_needed_by(lane: Lane, subject: int) -> tuple[str, bytes]:
+def blob_needed_by(lane: Lane, subject: int, model: str) -> tuple[str, bytes]:
     """Key and bytes of a recorded update blob that erasing ``subject`` must read (one the
     lineage has not subtracted yet)."""
     from api.blobs import get_store
@@ -408,13 +412,13 @@ def blob_needed_by(lane: Lane, subject: int) -> tuple[str, bytes]:
     from unlearning_core.runs.artifact import open_artifact
 
     store = get_store()
-    run = open_artifact(store, RUN_ID)
+    run = open_artifact(store, DATA_FAULT_MODELS[model])
     table = run.sample_table
     positions = ForgetSpec(subjects=(f"subject-{subject:04d}",)).resolve(
         table["sample_ids"], table["labels"], table["subject_ids"]
     )
     with session() as db:
-        done = set(db.scalar(select(TrainingRun.ledger).join(Model).where(Model.name == MODEL))["subtracted_steps"])
+        done = set(db.scalar(select(TrainingRun.ledger).join(Model).where(Model.name == model))["subtracted_steps"])
     steps = [int(s) for s in run.index.steps_holding(positions) if int(s) not in done]
     assert steps, "the subject's batches were all subtracted already"
     key = run.update_blobs[steps[0]].key
@@ -432,10 +436,12 @@ def test_blob_corrupted_behind_the_store(lane: Lane) -> None:
     from api.blobs import get_store
 
     store = get_store()
-    key, original = blob_needed_by(lane, next_subject(lane))
+    key, original = blob_needed_by(lane, next_subject(lane), "digits-corrupt")
     # rewrite the object itself, leaving its recorded sha256 (metadata and run) as it was
     store.client.put_object(store.bucket, store.object_name(key), io.BytesIO(b"\0" * len(original)), len(original))
-    figures = run_fault("blob-corrupted", lane, lambda: None, repair=lambda: store.put(key, original))
+    figures = run_fault(
+        "blob-corrupted", lane, lambda: None, repair=lambda: store.put(key, original), model="digits-corrupt"
+    )
     assert any("sha256" in e for e in figures["errors"]), figures["errors"]
 
 
@@ -443,9 +449,11 @@ def test_blob_deleted(lane: Lane) -> None:
     from api.blobs import get_store
 
     store = get_store()
-    key, original = blob_needed_by(lane, next_subject(lane))
+    key, original = blob_needed_by(lane, next_subject(lane), "digits-deleted")
     store.delete(key)
-    figures = run_fault("blob-deleted", lane, lambda: None, repair=lambda: store.put(key, original))
+    figures = run_fault(
+        "blob-deleted", lane, lambda: None, repair=lambda: store.put(key, original), model="digits-deleted"
+    )
     assert any("no blob" in e for e in figures["errors"]), figures["errors"]
 
 

@@ -102,6 +102,7 @@ def app_routes(app: Any) -> set[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------
 
 PUBLIC = {c: 200 for c in CALLERS}
+LOGIN = {c: 303 for c in CALLERS}  # a redirect to /dashboard/login
 
 
 def scoped(requester: int = 403, registry: int = 403, admin: int = 403, other_tenant: int | None = None) -> dict[str, int]:
@@ -132,7 +133,7 @@ def upload_body() -> dict[str, Any]:
 class Row:
     expect: dict[str, int]
     #: request arguments for httpx (json, files, data), built per caller (names must differ)
-    body: Callable[[str], dict[str, Any]] = field(default=lambda caller: {})
+    body: Callable[[str, World], dict[str, Any]] = field(default=lambda caller, world: {})
 
 
 MODEL_BODY = {"dataset": "digits-subjects", "architecture": "mlp", "method": "plain", "epochs": 1}
@@ -148,7 +149,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/healthz"): Row(PUBLIC),
     ("GET", "/readyz"): Row(PUBLIC),
     ("POST", "/erasure-requests"): Row(
-        scoped(requester=202, admin=202), lambda c: {"json": {"subject_id": SUBJECT}}
+        scoped(requester=202, admin=202), lambda c, w: {"json": {"subject_id": SUBJECT}}
     ),
     ("GET", "/requests/{request_id}/status"): Row(scoped(requester=200, admin=200, other_tenant=404)),
     ("GET", "/admin/requests"): Row(scoped(admin=200)),
@@ -162,7 +163,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/admin/requests/{request_id}/cancel"): Row(scoped(admin=200)),
     ("GET", "/admin/audit/verify"): Row(scoped(admin=200)),
     ("GET", "/models"): Row(scoped(registry=200, admin=200)),
-    ("POST", "/models"): Row(scoped(admin=202), lambda c: {"json": {**MODEL_BODY, "name": f"m-{c}"}}),
+    ("POST", "/models"): Row(scoped(admin=202), lambda c, w: {"json": {**MODEL_BODY, "name": f"m-{c}"}}),
     ("GET", "/models/{name}"): Row(scoped(registry=200, admin=200)),
     ("GET", "/models/{name}/versions"): Row(scoped(registry=200, admin=200)),
     ("GET", "/models/{name}/versions/{version}"): Row(scoped(registry=200, admin=200)),
@@ -170,16 +171,36 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("HEAD", "/models/{name}/versions/{version}/weights"): Row(scoped(registry=200, admin=200)),
     ("GET", "/datasets"): Row(scoped(admin=200)),
     ("POST", "/datasets"): Row(
-        scoped(admin=201), lambda c: {"json": {"name": f"d-{c}", "source": "digits", "subject_size": 10}}
+        scoped(admin=201), lambda c, w: {"json": {"name": f"d-{c}", "source": "digits", "subject_size": 10}}
     ),
-    ("POST", "/datasets/upload"): Row(scoped(admin=201), lambda c: {**upload_body(), "data": {"name": f"u-{c}"}}),
+    ("POST", "/datasets/upload"): Row(scoped(admin=201), lambda c, w: {**upload_body(), "data": {"name": f"u-{c}"}}),
     ("GET", "/datasets/{name}"): Row(scoped(admin=200)),
+    ("GET", "/metrics"): Row(scoped(admin=200)),
+    # version 0 has no erasure report: past the scope check, the 404 says so
+    ("GET", "/models/{name}/versions/{version}/report"): Row(scoped(registry=404, admin=404)),
+    # The dashboard authenticates by a session cookie that only an admin key's login opens;
+    # a bearer header opens nothing there: every page sends the caller to the login form.
+    ("GET", "/dashboard"): Row({c: 303 for c in CALLERS}),
+    ("GET", "/dashboard/login"): Row(PUBLIC),
+    ("POST", "/dashboard/login"): Row(
+        {**{c: 401 for c in CALLERS}, "admin": 303},
+        lambda c, w: {"data": {"api_key": w.keys.get(c, BAD_KEY if c == "bad" else "")}},
+    ),
+    ("POST", "/dashboard/logout"): Row({c: 303 for c in CALLERS}),
+    ("GET", "/dashboard/requests"): Row(LOGIN),
+    ("GET", "/dashboard/requests/rows"): Row(LOGIN),
+    ("GET", "/dashboard/requests/{request_id}"): Row(LOGIN),
+    ("GET", "/dashboard/requests/{request_id}/live"): Row(LOGIN),
+    ("GET", "/dashboard/models"): Row(LOGIN),
+    ("GET", "/dashboard/models/{name}"): Row(LOGIN),
+    ("GET", "/dashboard/audit"): Row(LOGIN),
+    ("GET", "/dashboard/static/{path}"): Row(PUBLIC),
 }
 
 
 def fill(template: str, world: World) -> str:
     name = world.dataset if template.startswith("/datasets") else world.model
-    return template.format(request_id=world.request_id, name=name, version=world.version)
+    return template.format(request_id=world.request_id, name=name, version=world.version, path="dashboard.css")
 
 
 def test_every_route_has_a_matrix_entry() -> None:
@@ -208,11 +229,13 @@ async def test_authorization_matrix(client, world: World) -> None:  # type: igno
     for (method, template), row in MATRIX.items():
         path = fill(template, world)
         for caller in CALLERS:
-            resp = await client.request(method, path, headers=headers_of(world, caller), **row.body(caller))
+            resp = await client.request(method, path, headers=headers_of(world, caller), **row.body(caller, world))
             want = row.expect[caller]
             if resp.status_code != want:
                 wrong.append(f"{method} {path} as {caller}: {resp.status_code} (want {want}) {resp.text[:120]}")
-            elif want >= 400 and method != "HEAD":
+            elif row.expect is LOGIN and not resp.headers.get("location", "").startswith("/dashboard/login"):
+                wrong.append(f"{method} {path} as {caller}: redirected to {resp.headers.get('location')}")
+            elif want >= 400 and method != "HEAD" and not path.startswith("/dashboard"):
                 detail = resp.json().get("detail")
                 if not (isinstance(detail, str) and detail):
                     wrong.append(f"{method} {path} as {caller}: no readable detail: {resp.text[:120]}")
@@ -230,7 +253,7 @@ async def test_tenant_isolation_of_every_request_route(client, world: World) -> 
         db.commit()
     for key, rid in ((world.keys["admin"], world.other_request_id), (globex_admin, world.request_id)):
         for method, template in MATRIX:
-            if "{request_id}" not in template:
+            if "{request_id}" not in template or template.startswith("/dashboard"):
                 continue
             resp = await client.request(method, template.format(request_id=rid), headers=bearer(key))
             assert resp.status_code == 404 and rid in resp.json()["detail"], (method, template, resp.text)
