@@ -190,6 +190,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     stores = {k: v for k, v in result["stores"].items() if "training" in v}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / max(len(stores), 1)
+    ticks: list[float] = []
+    tick_labels: list[str] = []
     for i, (name, s) in enumerate(stores.items()):
         modes = list(s["training"])
         x = np.arange(len(modes)) + i * width
@@ -198,13 +200,16 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         labels, vals, bws = [], [], []
         for erasure, rows in s["unlearning"].items():
             for method, row in rows.items():
-                labels.append(f"{name}\n{erasure}\n{method}")
+                short = erasure.replace("one_subject", "1 subj").replace("_subjects", " subj")
+                labels.append(f"{name}\n{short}\n{'partial' if method.startswith('partial') else 'full'}")
                 vals.append((row["throughput_bytes_per_s"] or 0) / 1e6)
                 bws.append(row["store_read"]["store_get_bytes_per_s"] / 1e6)
         xs = np.arange(len(labels)) + (i * (len(labels) + 1))
         axes[1].bar(xs - 0.2, vals, 0.4, color="tab:blue", label="unlearning throughput" if i == 0 else None)
         axes[1].bar(xs + 0.2, bws, 0.4, color="tab:orange", label="store read (verified)" if i == 0 else None)
-        axes[1].set_xticks(xs, labels, fontsize=6)
+        ticks += list(xs)
+        tick_labels += labels
+    axes[1].set_xticks(ticks, tick_labels, fontsize=6)
     axes[0].set_ylabel("training seconds")
     axes[0].set_title("training time by recording mode")
     axes[0].legend()
