@@ -437,12 +437,19 @@ def test_blob_corrupted_behind_the_store(lane: Lane) -> None:
 
     store = get_store()
     key, original = blob_needed_by(lane, next_subject(lane), "digits-corrupt")
-    # rewrite the object itself, leaving its recorded sha256 (metadata and run) as it was
-    store.client.put_object(store.bucket, store.object_name(key), io.BytesIO(b"\0" * len(original)), len(original))
+    # rewrite the object's bytes behind the store, keeping its recorded sha256 (object
+    # metadata and run), as bit rot or a tampering writer would
+    from unlearning_core.store.s3 import SHA256_HEADER
+
+    recorded = store.stat(key).sha256
+    forged = b"\0" * len(original)
+    store.client.put_object(
+        store.bucket, store.object_name(key), io.BytesIO(forged), len(forged), metadata={SHA256_HEADER: recorded}
+    )
     figures = run_fault(
         "blob-corrupted", lane, lambda: None, repair=lambda: store.put(key, original), model="digits-corrupt"
     )
-    assert any("sha256" in e for e in figures["errors"]), figures["errors"]
+    assert any("does not match" in e and "sha256" in e for e in figures["errors"]), figures["errors"]
 
 
 def test_blob_deleted(lane: Lane) -> None:
