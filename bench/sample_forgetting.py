@@ -7,7 +7,8 @@ no attack can tell it from unseen data, before or after unlearning. So the defau
 (the model overfits: train ~0.98, test ~0.86), in which 50 departed subjects (10 samples
 each) sit in 10% of the batches, as when their data arrived during part of training.
 
-For every method (and, for the approximate ones, again after a short recovery fine-tune)
+For every single-model method (SISA too with ``--sisa S:R``; and, for the approximate ones,
+again after a short recovery fine-tune)
 it reports DESIGN.md's metrics plus a stronger attack (``mia_auc_lira``: offline LiRA with
 shadow models trained on the retained data with other seeds), each accuracy and AUC with a
 bootstrap 95% interval over the forget / test examples, and whether the method lands
