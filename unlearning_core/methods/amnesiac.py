@@ -24,6 +24,7 @@ from unlearning_core.methods.base import (
     recover,
     register_method,
 )
+from unlearning_core.methods.batchnorm import repair_batchnorm
 from unlearning_core.methods.layerwise import DEFAULT_PRUNE
 from unlearning_core.methods.prune_search import measurer, resolve_criterion, search_prune
 from unlearning_core.recording import PruneSchedule, decode_update
@@ -137,10 +138,11 @@ class AmnesiacMethod(UnlearningMethod):
             state, bytes_read = subtract_steps(
                 run, parent, todo, prune=prune, device=ctx.device, progress=ctx.progress, desc=self.name
             )
+        model = run.model_with(state)
+        bn = self._repair_bn(ctx, model)
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         unlearn_seconds = time.perf_counter() - started
-        model = run.model_with(state)
         recovery_seconds = recover(
             model, ctx, optim=run.optim(), batch_size=opts.batch_size or run.spec.training.batch_size,
             seed=run.spec.training.seed + len(ctx.ledger.versions),
@@ -155,8 +157,18 @@ class AmnesiacMethod(UnlearningMethod):
                 "batches_subtracted": len(todo),
                 "batches_already_subtracted": len(affected) - len(todo),
                 "bytes_read": bytes_read,
+                **bn,
                 **search,
             },
+        )
+
+    def _repair_bn(self, ctx: UnlearnContext, model: torch.nn.Module) -> dict[str, object]:
+        """Subtracted moving averages are not statistics of any data: see methods/batchnorm."""
+        run: RecordedRun = ctx.artifact
+        return repair_batchnorm(
+            model, ctx.dataset.train.subset(ctx.retain_positions()), mode=ctx.options.bn_repair,
+            device=ctx.device, batch_size=ctx.options.batch_size or run.spec.training.batch_size,
+            seed=run.spec.training.seed,
         )
 
     def _search(
@@ -185,7 +197,9 @@ class AmnesiacMethod(UnlearningMethod):
                 device=ctx.device, progress=ctx.progress, desc=f"{self.name} auto",
             )
             bytes_read += n
-            return state
+            model = run.model_with(state)
+            self._repair_bn(ctx, model)
+            return {k: v.cpu() for k, v in model.state_dict().items()}
 
         criterion = resolve_criterion(opts.prune_search, ctx.dataset.train.labels.numpy(), ctx.forget_positions)
         found = search_prune(

@@ -50,6 +50,7 @@ class UnlearnOptions:
     target_forget_acc: float | None = None  # neg-grad early stop
     mix_retain: float = 0.0  # label-flip: share of each batch drawn from retained data
     aggregation: str | None = None  # sisa: vote | softmax
+    bn_repair: str = "auto"  # amnesiac: re-estimate BatchNorm statistics (methods/batchnorm.py)
     seed: int = 0
 
 
