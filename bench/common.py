@@ -172,3 +172,35 @@ def emit(result: dict[str, Any], out: Path, extra_paths: Sequence[Path] = ()) ->
     out.write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.flush()
     print(json.dumps(result), flush=True)
+
+
+def train_recorded(
+    store: Any,
+    *,
+    run_id: str,
+    spec: str,
+    model: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    concentrate: tuple[int, float] | None,
+    record: str = "full",
+    dtype: str = "float32",
+    device: torch.device,
+    seed: int = 0,
+) -> Any:
+    """Train ``model`` on dataset ``spec`` with updates recorded; ``concentrate`` puts class K
+    into share Q of the batches (the setting every amnesiac experiment must state)."""
+    from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
+    from unlearning_core.runs.train import train_run
+
+    training = TrainingSpec(
+        epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, weight_decay=0.0, seed=seed,
+        concentrate_class=concentrate[0] if concentrate else None,
+        concentrate_share=concentrate[1] if concentrate else None,
+    )
+    return train_run(
+        store, run_id=run_id, dataset=load_dataset(spec), dataset_spec=DatasetSpec(spec=spec),
+        model_name=model, training=training, recording=RecordingSpec(mode=record, dtype=dtype),
+        device=device,
+    )

@@ -105,8 +105,8 @@ def test_class_forgetting_picks_largest_pruning_with_zero_forget_acc(full_run: R
 
 
 def test_threshold_allows_more_pruning(full_run: RecordedRun) -> None:
-    strict = _auto(full_run, ForgetSpec(classes=(FORGET_CLASS,)), PruneSearch()).outcome.details
-    loose = _auto(full_run, ForgetSpec(classes=(FORGET_CLASS,)), PruneSearch(max_forget_acc=0.5)).outcome.details
+    strict = _auto(full_run, ForgetSpec(classes=(FORGET_CLASS,)), PruneSearch(max_probes=5)).outcome.details
+    loose = _auto(full_run, ForgetSpec(classes=(FORGET_CLASS,)), PruneSearch(max_probes=5, max_forget_acc=0.5)).outcome.details
     assert loose["prune_last"] >= strict["prune_last"]
     assert loose["prune_auto"]["chosen"]["value"] <= 0.5
 
@@ -163,13 +163,13 @@ def test_cli_prune_auto(tmp_path, full_run: RecordedRun) -> None:
     store = str(full_run.store.url)
     result = runner.invoke(app, [
         "unlearn", "--store", store, "--run-id", full_run.run_id, "--method", "partial-amnesiac",
-        "--forget-class", str(FORGET_CLASS), "--prune", "auto", "--auto-probes", "4", "--dry-run",
+        "--forget-class", str(FORGET_CLASS), "--prune", "auto", "--auto-probes", "3", "--dry-run",
         "--no-evaluate", "--device", "cpu", "--json",
     ])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output.strip().splitlines()[-1])
     assert out["prune_auto"]["criterion"] == "forget_acc"
-    assert len(out["prune_auto"]["probes"]) <= 4
+    assert len(out["prune_auto"]["probes"]) <= 3
     assert out["prune_last"] == out["prune_auto"]["chosen"]["prune_last"]
     bad = runner.invoke(app, [
         "unlearn", "--store", store, "--run-id", full_run.run_id, "--method", "partial-amnesiac",
