@@ -29,8 +29,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +48,7 @@ from unlearning_core.pipeline import apply_method, report  # noqa: E402
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, SisaSpec, TrainingSpec  # noqa: E402
 from unlearning_core.sisa.run import train_sisa_run  # noqa: E402
 from unlearning_core.store import LocalBlobStore  # noqa: E402
-from unlearning_core.training.batching import Concentration, plan_batches  # noqa: E402
+from unlearning_core.training.batching import plan_batches  # noqa: E402
 from unlearning_core.training.loop import OptimConfig, resolve_device, train_plan  # noqa: E402
 
 APPROXIMATE = ("amnesiac", "partial-amnesiac", "label-flip", "neg-grad", "partial-label-flip", "partial-neg-grad")
@@ -70,29 +68,6 @@ def training_spec(**kw: Any) -> TrainingSpec:
     if "timeline_every" in TrainingSpec.model_fields:
         kw.setdefault("timeline_every", 0)
     return TrainingSpec(**kw)
-
-
-@contextmanager
-def concentrated(positions: np.ndarray, share: float) -> Iterator[None]:
-    """Train runs with ``positions`` placed in a share of the batches.
-
-    ``TrainingSpec`` can only concentrate a class; this puts given samples (the departed
-    subjects) there by handing train_run's batch planner a :class:`Concentration`. The
-    run's own spec does not record it, which is harmless here: retraining drops exactly
-    these samples, so its plan has nothing left to concentrate.
-    """
-    original = run_training.plan_batches
-
-    def plan(n_samples: int, **kw: Any):  # noqa: ANN202
-        if kw.get("concentrate") is None:
-            kw["concentrate"] = Concentration(positions, share)
-        return original(n_samples, **kw)
-
-    run_training.plan_batches = plan
-    try:
-        yield
-    finally:
-        run_training.plan_batches = original
 
 
 # ---------------------------------------------------------------- bootstrap statistics
@@ -228,11 +203,12 @@ def main() -> None:
         retain_pos = np.flatnonzero(keep)
         store = LocalBlobStore(Path(tmp) / "store")
         t0 = time.perf_counter()
-        with concentrated(forget_pos, args.share):
-            run = run_training.train_run(
-                store, run_id="single", dataset=data, dataset_spec=dspec, model_name=args.model,
-                training=training, recording=RecordingSpec(mode="full"), device=device,
-            )
+        # The departed subjects' data arrived during part of training: a share of the batches.
+        placed = training.model_copy(update={"concentrate_subjects": departed, "concentrate_share": args.share})
+        run = run_training.train_run(
+            store, run_id="single", dataset=data, dataset_spec=dspec, model_name=args.model,
+            training=placed, recording=RecordingSpec(mode="full"), device=device,
+        )
         result["train_seconds"] = run.spec.results.train_seconds
         result["storage_bytes"] = run.spec.results.storage_bytes
         print(f"trained in {time.perf_counter() - t0:.1f}s", file=sys.stderr)

@@ -10,7 +10,7 @@ from unlearning_core.errors import RunError
 from unlearning_core.recording import PruneSchedule, UpdateFormat, decode_update, encode_update
 from unlearning_core.recording.codec import serialize
 from unlearning_core.recording.masks import layer_order, random_keep, random_scores
-from unlearning_core.training.batching import Concentration, parse_concentrate, plan_batches
+from unlearning_core.training.batching import Concentration, concentration_of, parse_concentrate, plan_batches
 
 SHAPES = {
     "conv1.weight": (8, 1, 3, 3),
@@ -135,6 +135,27 @@ def test_concentration_puts_the_class_into_the_requested_share_of_batches() -> N
         assert sorted(np.concatenate(epoch).tolist()) == list(range(600))
     with pytest.raises(RunError, match="do not fit"):
         plan_batches(600, epochs=1, batch_size=20, seed=0, concentrate=Concentration(np.arange(300), 0.2))
-    assert parse_concentrate("3:0.2") == (3, 0.2)
-    with pytest.raises(RunError, match="CLASS:SHARE"):
-        parse_concentrate("three")
+    assert parse_concentrate("3:0.2") == (3, None, 0.2)
+    assert parse_concentrate("subjects=subject-0001, subject-0007:0.1") == (None, ["subject-0001", "subject-0007"], 0.1)
+    for bad in ("three", "3", "subjects=:0.1", "3:many"):
+        with pytest.raises(RunError, match="CLASS:SHARE"):
+            parse_concentrate(bad)
+
+
+def test_concentrating_subjects_places_their_samples_and_retraining_keeps_what_is_left() -> None:
+    labels = np.arange(60) % 10
+    subjects = [f"s{i // 6}" for i in range(60)]  # ten subjects of six samples
+    conc = concentration_of(labels, subjects, klass=None, subjects=["s1", "s4"], share=0.5)
+    assert conc is not None and conc.share == 0.5
+    assert conc.positions.tolist() == list(range(6, 12)) + list(range(24, 30))
+    with pytest.raises(RunError, match="no samples: s9x"):
+        concentration_of(labels, subjects, klass=None, subjects=["s1", "s9x"], share=0.5)
+    with pytest.raises(RunError, match="which has no samples"):
+        concentration_of(labels, subjects, klass=None, subjects=["gone"], share=0.5)
+    with pytest.raises(RunError, match="not both"):
+        concentration_of(labels, subjects, klass=1, subjects=["s1"], share=0.5)
+    # Retraining after s4 was forgotten: s1 keeps its place; nothing left -> no concentration.
+    left = concentration_of(labels, subjects, klass=None, subjects=["s1", "s4x"], share=0.5, allow_missing=True)
+    assert left is not None and left.positions.tolist() == list(range(6, 12))
+    assert concentration_of(labels, subjects, klass=None, subjects=["x"], share=0.5, allow_missing=True) is None
+    assert concentration_of(labels, subjects, klass=None, subjects=None, share=None) is None

@@ -26,7 +26,7 @@ from unlearning_core.methods.base import (
     register_method,
 )
 from unlearning_core.runs.artifact import RecordedRun
-from unlearning_core.training.batching import Concentration, plan_batches
+from unlearning_core.training.batching import concentration_of, plan_batches
 from unlearning_core.training.loop import train_plan
 
 
@@ -46,11 +46,10 @@ class RetrainMethod(UnlearningMethod):
                 f"nothing would be left to retrain run {run.run_id!r} on: every sample is erased"
             )
         samples = ctx.dataset.train.subset(retain_positions)
-        concentrate = None
-        if t.concentrate_class is not None:
-            held = samples.positions_of_class(t.concentrate_class)
-            if len(held) > 0:  # the concentrated class may be the one being forgotten
-                concentrate = Concentration(held, t.concentrate_share or 1.0)
+        concentrate = concentration_of(  # what is left of the concentrated samples keeps its place
+            samples.labels.numpy(), list(samples.subject_ids), klass=t.concentrate_class,
+            subjects=t.concentrate_subjects, share=t.concentrate_share, allow_missing=True,
+        )
         plan = plan_batches(
             len(samples),
             epochs=t.epochs,

@@ -46,6 +46,8 @@ class TrainingSpec(BaseModel):
     weight_decay: float
     seed: int
     concentrate_class: int | None = None
+    # ... or the samples of these subjects (a subject whose data arrived during part of training)
+    concentrate_subjects: list[str] | None = None
     concentrate_share: float | None = None
     # Accuracy timeline: evaluate every N steps (None: about 20 points per run; 0: off).
     timeline_every: int | None = Field(default=None, ge=0)

@@ -23,7 +23,7 @@ from unlearning_core.runs.spec import (
     TrainingSpec,
 )
 from unlearning_core.store import BlobStore
-from unlearning_core.training.batching import Concentration, plan_batches
+from unlearning_core.training.batching import concentration_of, plan_batches
 from unlearning_core.training.loop import OptimConfig, train_plan
 from unlearning_core.weights import save_state
 
@@ -46,12 +46,11 @@ def train_run(
     """
     prefix = ensure_new_run(store, run_id)
     # Checked before anything is written: a refused run leaves no debris in the store.
-    concentrate = None
-    if training.concentrate_class is not None:
-        positions = dataset.train.positions_of_class(training.concentrate_class)
-        if len(positions) == 0:
-            raise RunError(f"--concentrate names class {training.concentrate_class}, which has no samples")
-        concentrate = Concentration(positions, training.concentrate_share or 1.0)
+    concentrate = concentration_of(
+        dataset.train.labels.numpy(), list(dataset.train.subject_ids),
+        klass=training.concentrate_class, subjects=training.concentrate_subjects,
+        share=training.concentrate_share,
+    )
     torch.manual_seed(training.seed)
     model = create_model(
         model_name,

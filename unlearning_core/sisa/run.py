@@ -57,7 +57,7 @@ from unlearning_core.weights import load_state, save_state
 def _check(training: TrainingSpec, sisa: SisaSpec) -> None:
     if sisa.aggregation not in AGGREGATIONS:
         raise RunError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {sisa.aggregation!r}")
-    if training.concentrate_class is not None:
+    if training.concentrate_class is not None or training.concentrate_subjects:
         raise RunError("--concentrate applies to single-model training, not SISA")
 
 

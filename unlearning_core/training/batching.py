@@ -33,13 +33,64 @@ class Concentration:
             raise RunError("concentration names no samples")
 
 
-def parse_concentrate(spec: str) -> tuple[int, float]:
-    """``"K:Q"`` -> (class K, share Q); a clear error otherwise."""
+CONCENTRATE_HELP = "CLASS:SHARE such as 3:0.2, or subjects=ID,ID,...:SHARE such as subjects=subject-0001,subject-0002:0.1"
+
+
+def parse_concentrate(spec: str) -> tuple[int | None, list[str] | None, float]:
+    """``"K:Q"`` -> (class K, None, Q); ``"subjects=A,B:Q"`` -> (None, [A, B], Q).
+
+    A clear error otherwise. The share comes after the last colon, so subject ids may not
+    contain one.
+    """
+    what, sep, share_text = spec.rpartition(":")
     try:
-        klass, share = spec.split(":")
-        return int(klass), float(share)
+        if not sep:
+            raise ValueError
+        share = float(share_text)
+        if what.startswith("subjects="):
+            subjects = [s.strip() for s in what.removeprefix("subjects=").split(",") if s.strip()]
+            if not subjects:
+                raise ValueError
+            return None, subjects, share
+        return int(what), None, share
     except ValueError:
-        raise RunError(f"--concentrate takes CLASS:SHARE such as 3:0.2, got {spec!r}") from None
+        raise RunError(f"--concentrate takes {CONCENTRATE_HELP}; got {spec!r}") from None
+
+
+def concentration_of(
+    labels: np.ndarray,
+    subject_ids: list[str | None],
+    *,
+    klass: int | None,
+    subjects: list[str] | None,
+    share: float | None,
+    allow_missing: bool = False,
+) -> Concentration | None:
+    """The samples a run's ``concentrate_*`` settings name, as positions (None: none set).
+
+    Training refuses settings that name missing samples. Retraining without the forget set
+    passes ``allow_missing``: the named samples may be the ones forgotten, and whatever is
+    left of them keeps its place (None when nothing is).
+    """
+    if klass is None and not subjects:
+        return None
+    if klass is not None and subjects:
+        raise RunError("concentrate a class or subjects, not both")
+    if klass is not None:
+        positions = np.flatnonzero(labels == klass).astype(np.int64)
+        what = f"class {klass}"
+    else:
+        wanted = set(subjects or ())
+        positions = np.asarray([i for i, s in enumerate(subject_ids) if s in wanted], dtype=np.int64)
+        missing = wanted - {subject_ids[i] for i in positions}
+        if missing and len(positions) and not allow_missing:
+            raise RunError(f"--concentrate names subjects with no samples: {', '.join(sorted(missing)[:5])}")
+        what = f"subjects {', '.join(sorted(wanted)[:3])}{'...' if len(wanted) > 3 else ''}"
+    if len(positions) == 0:
+        if allow_missing:
+            return None
+        raise RunError(f"--concentrate names {what}, which has no samples")
+    return Concentration(positions, share or 1.0)
 
 
 def plan_batches(
