@@ -59,6 +59,12 @@ class Aggregation(str, Enum):
     softmax = "softmax"
 
 
+class BnRepair(str, Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
 RECORD_OF_METHOD = {"plain": "none", "amnesiac": "full", "partial-amnesiac": "partial", "sisa": "none"}
 METHOD_OF_RECORD = {"none": "plain", "full": "amnesiac", "partial": "partial-amnesiac"}
 
@@ -115,7 +121,7 @@ def train(
     mask: Mask = Mask.random,
     mask_seed: Annotated[int | None, typer.Option("--mask-seed", help="Seed of random masks (default: --seed).")] = None,
     dtype: Annotated[StoreDtype, typer.Option(help="Precision of stored updates.")] = StoreDtype.float32,
-    concentrate: Annotated[str | None, typer.Option(help="K:Q puts every training sample of class K into a share Q of the batches.")] = None,
+    concentrate: Annotated[str | None, typer.Option(help="K:Q puts every training sample of class K into a share Q of the batches; subjects=ID,ID,...:Q does the same with those data subjects' samples.")] = None,
     subject_size: Annotated[int | None, typer.Option("--subject-size", min=1, help="Group consecutive training samples into data subjects of N.")] = None,
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.01, max=0.9, help="Test share for datasets without a test split.")] = 0.2,
     device: DeviceOpt = "auto",
@@ -137,7 +143,7 @@ def train(
         )
     mode = record.value if record is not None else RECORD_OF_METHOD[method.value] if method else "partial"
     train_method = method.value if method is not None else METHOD_OF_RECORD[mode]
-    klass, share = parse_concentrate(concentrate) if concentrate else (None, None)
+    klass, subjects, share = parse_concentrate(concentrate) if concentrate else (None, None, None)
     recording = RecordingSpec(
         mode=mode, mask=mask.value, mask_seed=seed if mask_seed is None else mask_seed,
         prune_first=prune_first, prune_last=prune_last, dtype=dtype.value,
@@ -151,7 +157,7 @@ def train(
         model=model,
         training=TrainingSpec(
             epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-            seed=seed, concentrate_class=klass, concentrate_share=share,
+            seed=seed, concentrate_class=klass, concentrate_subjects=subjects, concentrate_share=share,
         ),
         recording=recording,
         sisa=SisaSpec(shards=shards, slices=slices, aggregation=aggregation.value, by_subject=sisa_by_subject)
@@ -175,12 +181,18 @@ def unlearn(
     forget_subject: Annotated[str | None, typer.Option("--forget-subject", help="Forget every training sample of this data subject.")] = None,
     prune_first: Annotated[float | None, typer.Option("--prune-first", help="Partial methods: pruning share of the first layer.")] = None,
     prune_last: Annotated[float | None, typer.Option("--prune-last", help="Partial methods: pruning share of the last layer.")] = None,
+    prune: Annotated[str | None, typer.Option("--prune", help="partial-amnesiac: 'auto' searches the largest last-layer pruning that still forgets (never below the run's recorded pruning); every probe is in the result.")] = None,
+    auto_criterion: Annotated[str | None, typer.Option("--auto-criterion", help="--prune auto: forget_acc or mia_auc [default: forget_acc for whole classes, else mia_auc].")] = None,
+    auto_max_forget_acc: Annotated[float, typer.Option("--auto-max-forget-acc", min=0.0, max=1.0, help="--prune auto, forget_acc: the most forget accuracy that counts as forgotten.")] = 0.0,
+    auto_mia_target: Annotated[float, typer.Option("--auto-mia-target", min=0.0, max=1.0, help="--prune auto, mia_auc: the AUC to stay within 0.02 of (0.5, or the retrained model's).")] = 0.5,
+    auto_probes: Annotated[int, typer.Option("--auto-probes", min=2, max=32, help="--prune auto: most candidates evaluated.")] = 8,
     recovery_steps: Annotated[int, typer.Option("--recovery-steps", min=0, help="Fine-tune steps on retained data afterwards.")] = 0,
     steps: Annotated[int | None, typer.Option(min=1, help="label-flip / neg-grad: iterations [default: 20].")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="label-flip / neg-grad: learning rate [default: the run's].")] = None,
     target_forget_acc: Annotated[float | None, typer.Option("--target-forget-acc", min=0.0, max=1.0, help="neg-grad: stop once forget accuracy is at most this.")] = None,
     mix_retain: Annotated[float, typer.Option("--mix-retain", min=0.0, max=0.99, help="label-flip: share of each batch drawn from retained data.")] = 0.0,
     aggregation: Annotated[Aggregation | None, typer.Option(help="sisa: vote or softmax [default: the run's].")] = None,
+    bn_repair: Annotated[BnRepair, typer.Option("--bn-repair", help="amnesiac methods: re-estimate BatchNorm statistics on retained data when subtraction left an invalid one (auto), always, or never.")] = BnRepair.auto,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Compute the efficacy metrics.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and evaluate, but publish no version and leave the ledger as it is.")] = False,
     device: DeviceOpt = "auto",
@@ -201,10 +213,22 @@ def unlearn(
         classes=(forget_class,) if forget_class is not None else (),
         subjects=(forget_subject,) if forget_subject else (),
     )
+    prune_search = None
+    if prune is not None:
+        from unlearning_core.methods.prune_search import CRITERIA, PruneSearch
+
+        if prune.strip().lower() != "auto":
+            raise typer.BadParameter(f"only 'auto' is accepted (fixed shares: --prune-first/--prune-last), got {prune!r}", param_hint="--prune")
+        if auto_criterion is not None and auto_criterion not in CRITERIA:
+            raise typer.BadParameter(f"one of {', '.join(CRITERIA)}, got {auto_criterion!r}", param_hint="--auto-criterion")
+        prune_search = PruneSearch(
+            criterion=auto_criterion, max_forget_acc=auto_max_forget_acc, mia_target=auto_mia_target,  # type: ignore[arg-type]
+            max_probes=auto_probes,
+        )
     options = UnlearnOptions(
-        prune_first=prune_first, prune_last=prune_last, recovery_steps=recovery_steps, steps=steps,
+        prune_first=prune_first, prune_last=prune_last, prune_search=prune_search, recovery_steps=recovery_steps, steps=steps,
         lr=lr, target_forget_acc=target_forget_acc, mix_retain=mix_retain,
-        aggregation=aggregation.value if aggregation else None,
+        aggregation=aggregation.value if aggregation else None, bn_repair=bn_repair.value,
     )
     blob_store = open_store(store)
     if compare is not None:
@@ -225,6 +249,54 @@ def unlearn(
         device=resolve_device(device), progress=True, evaluate=evaluate, publish=not dry_run,
     )
     _emit(result, as_json, f"{method} on {run_id}")
+
+
+@app.command()
+def report(
+    store: StoreOpt,
+    run_id: RunIdOpt,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the HTML report.")],
+    version: Annotated[int | None, typer.Option("--version", min=1, help="Version to report [default: the latest].")] = None,
+    compare_run: Annotated[str | None, typer.Option("--compare-run", help="Another run (same training, another method) whose version of the same erasure is shown beside this one.")] = None,
+    compare_version: Annotated[int | None, typer.Option("--compare-version", min=1, help="Version of --compare-run [default: the same number].")] = None,
+    pdf: Annotated[Path | None, typer.Option("--pdf", help="Also write the report as PDF here.")] = None,
+    figures: Annotated[Path | None, typer.Option("--figures", help="Also save each figure as report-<name>.png in this folder.")] = None,
+    layer: Annotated[str | None, typer.Option("--layer", help="Grad-CAM layer (module name) [default: the last conv layer].")] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a version's erasure report: metrics, Grad-CAM grid, accuracy timeline, sha256s."""
+    from unlearning_core.report.build import Comparison, erasure_report
+    from unlearning_core.runs.artifact import open_artifact
+    from unlearning_core.store import open_store
+    from unlearning_core.training.loop import resolve_device
+
+    _run_id_ok(run_id)
+    blob_store = open_store(store)
+    run = open_artifact(blob_store, run_id)
+    ledger = run.ledger()
+    number = ledger.head.version if version is None else version
+    comparison = None
+    if compare_run is not None:
+        other = open_artifact(blob_store, _run_id_ok(compare_run))
+        comparison = Comparison(run=other, ledger=other.ledger(), version=compare_version or number)
+    result = erasure_report(
+        run, ledger, number, device=resolve_device(device), compare=comparison, layer=layer
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(result.html, encoding="utf-8")
+    written = {"html": str(out)}
+    if pdf is not None:
+        pdf.write_bytes(result.pdf())
+        written["pdf"] = str(pdf)
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+        for name, png in result.figures.items():
+            path = figures / f"report-{name.replace('_', '-')}.png"
+            path.write_bytes(png)
+            written[f"figure_{name}"] = str(path)
+    summary = {"run_id": run_id, "version": number, "written": written, **result.summary}
+    _emit(summary if as_json else {"run_id": run_id, "version": number, **written}, as_json, f"report of {run_id} v{number}")
 
 
 def _compare_table(result: dict[str, Any]) -> None:
