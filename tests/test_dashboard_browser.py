@@ -200,6 +200,15 @@ def test_dashboard_in_headless_chromium(live_server: str, seeded: dict[str, Any]
             expect(page.locator('#versions tr[data-version="1"]')).to_contain_text(first[:8])
             shoot(page, "dashboard-model.png")
 
+            # --- a version's erasure report, linked from its row (v0 has none) ------------
+            expect(page.locator('#versions tr[data-version="0"] a.report-link')).to_have_count(0)
+            link = page.locator('#versions tr[data-version="1"] a.report-link')
+            expect(link).to_have_count(1)
+            page.goto(live_server + link.get_attribute("href"))
+            expect(page.locator("h1")).to_contain_text(f"Erasure report: {MODEL} version 1")
+            expect(page.locator("body")).to_contain_text(first)
+            page.go_back()
+
             # --- audit verification, then log out ---------------------------------------
             page.click("nav >> text=Audit")
             expect(page.locator("#verify")).to_contain_text("Chain intact.")

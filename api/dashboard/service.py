@@ -19,8 +19,10 @@ from api.erasure import service as erasure
 from api.erasure.models import ErasureRequest
 from api.erasure.schemas import RequestStats, RequestStatusOut, RequestSummary
 from api.erasure.states import FINAL
+from api.errors import NotFoundError
 from api.registry import service as registry
 from api.registry.models import Model, ModelVersion
+from api.registry.reports import has_report, version_report
 
 #: The metrics a version row and the chart show, in this order (DESIGN.md names).
 VERSION_METRICS = (
@@ -109,6 +111,7 @@ class VersionRow:
     weights_sha256: str
     metrics: dict[str, Any]
     requests: list[str] = field(default_factory=list)
+    has_report: bool = False  # an erasure report this tenant may read (api/registry/reports)
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ def model_history(*, db: Session, principal: Principal, name: str) -> ModelHisto
             VersionRow(
                 number=v.number, parent=v.parent_number, method=v.method, created_at=v.created_at,
                 weights_sha256=v.weights_sha256, metrics=v.metrics or {}, requests=answered[v.id],
+                has_report=has_report(v, principal.tenant),
             )
             for v in versions
         ],
@@ -169,3 +173,13 @@ def audit_page(*, db: Session, principal: Principal, limit: int = 50) -> AuditPa
         )
     )
     return AuditPage(result=verify(db), events=events)
+
+
+def report_html(*, db: Session, principal: Principal, name: str, number: int) -> bytes:
+    """A version's stored erasure report, read as the registry route reads it."""
+    model = registry.get_or_raise(db=db, name=name)
+    row = registry.get_version(db=db, model_id=model.id, number=number)
+    if row is None:
+        raise NotFoundError(f"model {name!r} has no version {number}")
+    store = registry.store_of(db=db, model=model)
+    return version_report(store=store, model_name=model.name, row=row, tenant=principal.tenant)

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request, status
+from fastapi import Path as Path_
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -210,6 +211,18 @@ def model_page(request: Request, name: str, principal: AdminSession, db: DbDep) 
         request, "model.html",
         {"principal": principal, "h": history, "chart": json.dumps(history.chart()).replace("<", "\\u003c"), "nav": "models"},
     )
+
+
+@router.get("/models/{name}/versions/{number}/report", response_class=HTMLResponse)
+def version_report_page(
+    name: str, number: Annotated[int, Path_(ge=0, le=2**31 - 1)], principal: AdminSession, db: DbDep
+) -> HTMLResponse:
+    """The version's erasure report (the same stored, sha256-checked page as the registry's
+    ``/models/{name}/versions/{version}/report``), for a browser signed in with a session."""
+    html = service.report_html(db=db, principal=principal, name=name[:128], number=number)
+    # The report is a self-contained page: inline images and styles, no script at all.
+    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'"
+    return HTMLResponse(html, headers={**SECURITY_HEADERS, "Content-Security-Policy": csp})
 
 
 @router.get("/audit", response_class=HTMLResponse)

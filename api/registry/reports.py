@@ -16,11 +16,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import HTTPException, status
+
 from api.audit.models import AuditEvent
-from api.errors import is_transient
+from api.errors import NotFoundError, is_transient
+from api.registry.models import ModelVersion
 from unlearning_core.pipeline import MethodRun, save_erasure_record
 from unlearning_core.report.build import AuditPosition, RequestRef, erasure_report
 from unlearning_core.runs.ledger import Ledger
+from unlearning_core.errors import BlobStoreError
 from unlearning_core.store import BlobRef, BlobStore
 
 log = logging.getLogger("lethe.reports")
@@ -76,3 +80,26 @@ def publish_report(
 def read_report(store: BlobStore, key: str, sha256: str) -> bytes:
     """The stored HTML, verified against the sha256 recorded in the version row."""
     return store.get(key, expected_sha256=sha256)
+
+
+def has_report(row: ModelVersion, tenant: str) -> bool:
+    """Whether ``tenant`` may read the version's report (it names that tenant's requests)."""
+    return row.report_key is not None and row.report_sha256 is not None and row.report_tenant == tenant
+
+
+def version_report(*, store: BlobStore, model_name: str, row: ModelVersion, tenant: str) -> bytes:
+    """The report HTML of ``row`` for ``tenant``, for the registry route and the dashboard.
+
+    Another tenant's report names its request ids, so it gets the same 404 as "no report".
+    A blob that is missing or fails its sha256 is a server-side fault (500 naming it).
+    """
+    if not has_report(row, tenant):
+        why = " (version 0 is the trained model; reports come with erasures)" if row.number == 0 else ""
+        raise NotFoundError(f"model {model_name!r} version {row.number} has no erasure report{why}")
+    try:
+        return read_report(store, row.report_key or "", row.report_sha256 or "")
+    except BlobStoreError as exc:
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+            f"report of {model_name} v{row.number} cannot be served: {exc}",
+        ) from None

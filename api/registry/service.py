@@ -102,6 +102,14 @@ def latest_run(*, db: Session, model_id: int) -> TrainingRun | None:
     )
 
 
+def store_of(*, db: Session, model: Model) -> BlobStore:
+    """The blob store holding the model's run (and so its versions' weights and reports)."""
+    from api.blobs import get_store
+
+    run = latest_run(db=db, model_id=model.id)
+    return get_store(run.store_url) if run is not None else get_store()
+
+
 def answers(
     *, db: Session, version_ids: list[int], tenant: str | None = None
 ) -> dict[int, list[str]]:

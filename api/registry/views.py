@@ -18,7 +18,7 @@ from api.errors import NotFoundError
 from api.registry import service
 from api.registry.dependencies import LATEST, ModelDep, VersionDep
 from api.registry.models import Model, ModelVersion
-from api.registry.reports import read_report
+from api.registry.reports import version_report
 from api.registry.schemas import ModelCreate, ModelOut, ModelSummary, TrainingRunOut, VersionOut
 from unlearning_core.errors import BlobIntegrityError, BlobStoreError
 from unlearning_core.report.html import render_pdf
@@ -174,8 +174,7 @@ def _etag_matches(header: str | None, sha256: str) -> bool:
 
 
 def _store_for(db, model: Model) -> BlobStore:  # type: ignore[no-untyped-def]
-    run = service.latest_run(db=db, model_id=model.id)
-    return get_store(run.store_url) if run is not None else get_store()
+    return service.store_of(db=db, model=model)
 
 
 def _chunks(store: BlobStore, version: ModelVersion) -> Iterator[bytes]:
@@ -270,17 +269,7 @@ def get_report(
     db: DbDep,
     format: Annotated[Literal["html", "pdf"], Query(description="html (default) or pdf")] = "html",
 ) -> Response:
-    # Another tenant's report names its request ids: it gets the same 404 as "no report".
-    if row.report_key is None or row.report_sha256 is None or row.report_tenant != principal.tenant:
-        why = " (version 0 is the trained model; reports come with erasures)" if row.number == 0 else ""
-        raise NotFoundError(f"model {model.name!r} version {row.number} has no erasure report{why}")
-    try:
-        html = read_report(_store_for(db, model), row.report_key, row.report_sha256)
-    except BlobStoreError as exc:
-        raise HTTPException(
-            status.HTTP_500_INTERNAL_SERVER_ERROR,
-            f"report of {model.name} v{row.number} cannot be served: {exc}",
-        ) from None
+    html = version_report(store=_store_for(db, model), model_name=model.name, row=row, tenant=principal.tenant)
     headers = {"X-Content-SHA256": row.report_sha256, "X-Lethe-Version": str(row.number)}
     if format == "pdf":
         headers["Content-Disposition"] = f'inline; filename="{model.name}-v{row.number}-report.pdf"'
