@@ -193,6 +193,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/dashboard/requests/{request_id}/live"): Row(LOGIN),
     ("GET", "/dashboard/models"): Row(LOGIN),
     ("GET", "/dashboard/models/{name}"): Row(LOGIN),
+    ("GET", "/dashboard/models/{name}/versions/{number}/report"): Row(LOGIN),
     ("GET", "/dashboard/audit"): Row(LOGIN),
     ("GET", "/dashboard/static/{path}"): Row(PUBLIC),
 }
@@ -200,7 +201,9 @@ MATRIX: dict[tuple[str, str], Row] = {
 
 def fill(template: str, world: World) -> str:
     name = world.dataset if template.startswith("/datasets") else world.model
-    return template.format(request_id=world.request_id, name=name, version=world.version, path="dashboard.css")
+    return template.format(
+        request_id=world.request_id, name=name, version=world.version, number=world.version, path="dashboard.css"
+    )
 
 
 def test_every_route_has_a_matrix_entry() -> None:
