@@ -324,6 +324,22 @@ def _metrics(full: dict[str, Any]) -> dict[str, Any]:
     return jsonable({k: v for k, v in full.items() if k not in NOT_METRICS})
 
 
+def _new_version_row(model_id: int, entry: VersionEntry, *, metrics: dict[str, Any], **extra: Any) -> ModelVersion:
+    """A version row as the lineage ledger's entry describes it (rows are written once)."""
+    return ModelVersion(
+        model_id=model_id,
+        number=entry.version,
+        parent_number=entry.parent,
+        method=entry.method,
+        weights_key=entry.weights.key,
+        weights_sha256=entry.weights.sha256,
+        weights_size=entry.weights.size,
+        metrics=metrics,
+        created_at=entry.created_at,
+        **extra,
+    )
+
+
 def _version_row(db: Session, model_id: int, entry: VersionEntry) -> ModelVersion:
     """The row of an existing ledger version (created if a lineage predates its row)."""
     row = db.scalar(
@@ -332,17 +348,7 @@ def _version_row(db: Session, model_id: int, entry: VersionEntry) -> ModelVersio
         )
     )
     if row is None:
-        row = ModelVersion(
-            model_id=model_id,
-            number=entry.version,
-            parent_number=entry.parent,
-            method=entry.method,
-            weights_key=entry.weights.key,
-            weights_sha256=entry.weights.sha256,
-            weights_size=entry.weights.size,
-            metrics={},
-            created_at=entry.created_at,
-        )
+        row = _new_version_row(model_id, entry, metrics={})
         db.add(row)
         db.flush()
     return row
@@ -440,16 +446,8 @@ def _record(
             audit=published,
         )
         ref = rendered.ref
-        version = ModelVersion(
-            model_id=c.model_id,
-            number=entry.version,
-            parent_number=entry.parent,
-            method=entry.method,
-            weights_key=entry.weights.key,
-            weights_sha256=entry.weights.sha256,
-            weights_size=entry.weights.size,
-            metrics=metrics,
-            created_at=entry.created_at,
+        version = _new_version_row(
+            c.model_id, entry, metrics=metrics,
             report_key=ref.key if ref else None,
             report_sha256=ref.sha256 if ref else None,
             report_size=ref.size if ref else None,
