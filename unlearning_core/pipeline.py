@@ -28,7 +28,6 @@ from unlearning_core.report.timeline import TimelinePoint, TimelineProbe
 from unlearning_core.runs.train import train_run
 from unlearning_core.sisa.run import train_sisa_run
 from unlearning_core.store import BlobRef, BlobStore
-from unlearning_core.training.loop import observing_sgd_steps
 
 
 def train(
@@ -131,13 +130,13 @@ def apply_method(
     ) if publish and len(ctx.dataset.test) else None
     before_recovery: list[TimelinePoint] = []
 
-    def watch(model: torch.nn.Module, steps: int) -> None:
-        # Methods call sgd_steps only for the recovery fine-tune (last); keep its start.
-        if probe is not None and steps == ctx.options.recovery_steps:
+    if probe is not None:
+
+        def keep_start(model: torch.nn.Module) -> None:
             before_recovery[:] = [probe(model, 0, "unlearn")]
 
-    with observing_sgd_steps(watch):
-        outcome = impl.unlearn(ctx)
+        ctx.before_recovery = keep_start
+    outcome = impl.unlearn(ctx)
     version = publish_version(ctx, outcome, impl.name)
     timeline: list[TimelinePoint] = []
     if probe is not None and outcome.changed:

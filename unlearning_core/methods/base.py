@@ -16,6 +16,7 @@ Publishing (weights blob, version entry, ledger) is common and lives in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -65,6 +66,9 @@ class UnlearnContext:
     device: torch.device
     publish: bool = True
     progress: bool = False
+    #: Shown the candidate right before the recovery fine-tune (the pipeline records the
+    #: accuracy timeline point "after unlearning, before recovery" with it).
+    before_recovery: Callable[[torch.nn.Module], None] | None = None
 
     def retain_positions(self) -> np.ndarray:
         """Training positions still in use: not in this forget set nor erased before."""
@@ -128,6 +132,8 @@ def recover(model: torch.nn.Module, ctx: UnlearnContext, *, optim: Any, batch_si
     """The optional recovery fine-tune on retained data; returns its seconds (0 if none)."""
     if ctx.options.recovery_steps <= 0:
         return 0.0
+    if ctx.before_recovery is not None:
+        ctx.before_recovery(model)
     retain = ctx.dataset.train.subset(ctx.retain_positions())
     return sgd_steps(
         model, retain, steps=ctx.options.recovery_steps, batch_size=batch_size, optim=optim,

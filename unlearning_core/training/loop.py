@@ -7,9 +7,7 @@ forward pass and right after ``optimizer.step()``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,20 +23,6 @@ from unlearning_core.training.batching import BatchPlan
 #: ``observe(step, model)`` of :func:`train_plan`: called before the first step and after
 #: each step (``step`` = steps done); its own time is left out of the returned seconds.
 StepObserver = Callable[[int, torch.nn.Module], None]
-#: Called with ``(model, steps)`` at the start of each :func:`sgd_steps` call, untimed:
-#: how the pipeline sees the candidate right before a recovery fine-tune.
-SgdObserver = Callable[[torch.nn.Module, int], None]
-_sgd_observer: ContextVar[SgdObserver | None] = ContextVar("sgd_observer", default=None)
-
-
-@contextmanager
-def observing_sgd_steps(observer: SgdObserver) -> Iterator[None]:
-    """Within the block, every :func:`sgd_steps` call first shows its model to ``observer``."""
-    token = _sgd_observer.set(observer)
-    try:
-        yield
-    finally:
-        _sgd_observer.reset(token)
 
 
 @dataclass(frozen=True)
@@ -135,9 +119,6 @@ def sgd_steps(
     """
     if steps <= 0 or len(samples) == 0:
         return 0.0
-    observer = _sgd_observer.get()
-    if observer is not None:
-        observer(model, steps)
     model.to(device).train()
     optimizer = optim.build(model)
     images = samples.images.to(device)
