@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from unlearning_core.data import Dataset, load_dataset
-from unlearning_core.metrics import accuracy, collect_outputs, per_class_accuracy
+from unlearning_core.metrics import accuracy, per_class_accuracy, split_outputs
 from unlearning_core.metrics.mia import mia_auc
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -114,14 +114,9 @@ def quick_metrics(
     The retain set is a seeded subsample of at most ``max_retain`` samples (an unbiased
     estimate), as in :func:`unlearning_core.metrics.evaluate_unlearning`.
     """
-    keep = np.ones(len(dataset.train), dtype=bool)
-    keep[forget_positions] = False
-    retain_pos = np.flatnonzero(keep)
-    if len(retain_pos) > max_retain:
-        retain_pos = np.sort(np.random.default_rng(seed).choice(retain_pos, max_retain, replace=False))
-    forget = collect_outputs(model, dataset.train.subset(forget_positions), device=device)
-    retain = collect_outputs(model, dataset.train.subset(retain_pos), device=device)
-    test = collect_outputs(model, dataset.test, device=device)
+    forget, retain, test = split_outputs(
+        model, dataset, forget_positions, device=device, max_retain=max_retain, seed=seed
+    )
     out: dict[str, Any] = {
         "forget_acc": accuracy(forget),
         "retain_acc": accuracy(retain),

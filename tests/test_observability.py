@@ -26,12 +26,9 @@ from api.erasure.models import ErasureRequest
 from api.observability.context import log_context
 from api.observability.logs import make_handler
 from tests.conftest import bearer
+from tests.reliability_world import train_world_run
 from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 from tests.test_celery_workers import broker, free_port, wait_for, workers  # noqa: F401 - fixtures
-from unlearning_core.data import load_dataset
-from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
-from unlearning_core.runs.train import train_run
-from unlearning_core.store import LocalBlobStore
 
 pytestmark = pytest.mark.anyio
 
@@ -44,17 +41,7 @@ SUBJECT = "subject-0004"
 
 def train_tiny_run(root: Path, run_id: str = RUN_ID) -> Path:
     """One real digits MLP run with partial recording (one epoch, about a second on CPU)."""
-    train_run(
-        LocalBlobStore(root),
-        run_id=run_id,
-        dataset=load_dataset("digits", subject_size=10),
-        dataset_spec=DatasetSpec(spec="digits", subject_size=10),
-        model_name="mlp",
-        training=TrainingSpec(epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, seed=0),
-        recording=RecordingSpec(mode="partial", prune_first=0.95, prune_last=0.3),
-        device=CPU,
-    )
-    return root
+    return train_world_run(root, run_id)
 
 
 def install_model(db: Any, runs: Path, name: str = MODEL, run_id: str = RUN_ID) -> None:

@@ -46,7 +46,7 @@ from datetime import datetime
 from typing import Any
 
 import torch
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit_append
@@ -135,21 +135,26 @@ def error_text(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def _workable_queued_jobs() -> Select[tuple[int]]:
+    """Ids of queued jobs whose request may be worked on, oldest request first: the one
+    definition the embedded worker's pick and the dispatcher's re-enqueue share."""
+    return (
+        select(RequestJob.id)
+        .join(ErasureRequest, ErasureRequest.id == RequestJob.request_id)
+        .where(
+            RequestJob.status == JobStatus.QUEUED,
+            ErasureRequest.status.in_([s.value for s in states.WORKABLE]),
+        )
+        .order_by(ErasureRequest.received_at, RequestJob.id)
+    )
+
+
 def next_queued_job(
     *, session_factory: SessionFactory, exclude: set[int] | frozenset[int] = frozenset()
 ) -> int | None:
     """The oldest queued job of a workable request (received first, then job order)."""
     with session_factory() as db:
-        query = (
-            select(RequestJob.id)
-            .join(ErasureRequest, ErasureRequest.id == RequestJob.request_id)
-            .where(
-                RequestJob.status == JobStatus.QUEUED,
-                ErasureRequest.status.in_([s.value for s in states.WORKABLE]),
-            )
-            .order_by(ErasureRequest.received_at, RequestJob.id)
-            .limit(1)
-        )
+        query = _workable_queued_jobs().limit(1)
         if exclude:
             query = query.where(RequestJob.id.not_in(sorted(exclude)))
         return db.scalar(query)
@@ -801,15 +806,8 @@ def pending_job_ids(
     and, with ``changed_before``, requests changed since then (their message is on its way)."""
     cutoff = stale_before()
     with session_factory() as db:
-        query = (
-            select(RequestJob.id)
-            .join(ErasureRequest, ErasureRequest.id == RequestJob.request_id)
-            .where(
-                RequestJob.status == JobStatus.QUEUED,
-                ErasureRequest.status.in_([s.value for s in states.WORKABLE]),
-                (RequestJob.heartbeat_at.is_(None)) | (RequestJob.heartbeat_at < cutoff),
-            )
-            .order_by(ErasureRequest.received_at, RequestJob.id)
+        query = _workable_queued_jobs().where(
+            (RequestJob.heartbeat_at.is_(None)) | (RequestJob.heartbeat_at < cutoff)
         )
         if changed_before is not None:
             query = query.where(ErasureRequest.updated_at < changed_before)

@@ -2,7 +2,7 @@
 
 from unlearning_core.metrics.classification import accuracy, macro_f1, per_class_accuracy
 from unlearning_core.metrics.distance import layer_distance, layer_l2
-from unlearning_core.metrics.evaluate import evaluate_unlearning, split_positions
+from unlearning_core.metrics.evaluate import evaluate_unlearning, split_outputs, split_positions
 from unlearning_core.metrics.mia import mia_auc, mia_efficacy
 from unlearning_core.metrics.mia_lira import lira_scores, logit_confidence, mia_auc_lira
 from unlearning_core.metrics.outputs import Outputs, collect_outputs
@@ -23,5 +23,6 @@ __all__ = [
     "mia_efficacy",
     "per_class_accuracy",
     "relearn_steps",
+    "split_outputs",
     "split_positions",
 ]

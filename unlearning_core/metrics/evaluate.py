@@ -12,7 +12,7 @@ from unlearning_core.data import Dataset
 from unlearning_core.metrics.classification import accuracy, macro_f1, per_class_accuracy
 from unlearning_core.metrics.distance import layer_distance
 from unlearning_core.metrics.mia import mia_auc, mia_efficacy
-from unlearning_core.metrics.outputs import collect_outputs
+from unlearning_core.metrics.outputs import Outputs, collect_outputs
 from unlearning_core.metrics.relearn import relearn_steps
 from unlearning_core.training.loop import OptimConfig
 
@@ -22,6 +22,25 @@ def split_positions(n: int, forget_positions: np.ndarray) -> np.ndarray:
     keep = np.ones(n, dtype=bool)
     keep[forget_positions] = False
     return np.flatnonzero(keep)
+
+
+def split_outputs(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    forget_positions: np.ndarray,
+    *,
+    device: torch.device,
+    max_retain: int | None,
+    seed: int,
+) -> tuple[Outputs, Outputs, Outputs]:
+    """The model's outputs on the forget set, the retained set (a seeded subsample of at
+    most ``max_retain``: an unbiased estimate, for speed) and the test set."""
+    retain_pos = split_positions(len(dataset.train), forget_positions)
+    if max_retain is not None and len(retain_pos) > max_retain:
+        retain_pos = np.sort(np.random.default_rng(seed).choice(retain_pos, size=max_retain, replace=False))
+    forget = collect_outputs(model, dataset.train.subset(forget_positions), device=device)
+    retain = collect_outputs(model, dataset.train.subset(retain_pos), device=device)
+    return forget, retain, collect_outputs(model, dataset.test, device=device)
 
 
 def evaluate_unlearning(
@@ -45,13 +64,9 @@ def evaluate_unlearning(
     it is then an unbiased estimate. ``relearn_steps`` is measured only when the original
     model's forget accuracy (the target) and an optimizer config are given.
     """
-    rng = np.random.default_rng(seed)
-    retain_pos = split_positions(len(dataset.train), forget_positions)
-    if max_retain is not None and len(retain_pos) > max_retain:
-        retain_pos = np.sort(rng.choice(retain_pos, size=max_retain, replace=False))
-    forget = collect_outputs(model, dataset.train.subset(forget_positions), device=device)
-    retain = collect_outputs(model, dataset.train.subset(retain_pos), device=device)
-    test = collect_outputs(model, dataset.test, device=device)
+    forget, retain, test = split_outputs(
+        model, dataset, forget_positions, device=device, max_retain=max_retain, seed=seed
+    )
     metrics: dict[str, Any] = {
         "forget_acc": accuracy(forget),
         "retain_acc": accuracy(retain),
