@@ -9,11 +9,13 @@ export LETHE_S3_ENDPOINT ?= 127.0.0.1:9900
 export LETHE_S3_PORT ?= 9900
 PYTEST_ARGS ?=
 
-.PHONY: venv install run test services browser help
+.PHONY: venv install run test services browser help docs docs-serve
 
 help:
 	@echo "make test  - install what the tests need, start PostgreSQL/Redis/S3 on loopback, run pytest"
 	@echo "make run   - the service on embedded defaults (SQLite + blob folder under ./var, in-process worker, demo model)"
+	@echo "make docs  - build the documentation site into site/ (strict; benchmark tables from bench/results/)"
+	@echo "make docs-serve - serve the documentation with live reload"
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -39,3 +41,11 @@ run: install
 
 test: install services browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The documentation site (mkdocs.yml, docs/). Strict: a broken link or an unknown benchmark
+# table fails the build. tests/test_docs.py runs the same build in `make test`.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
