@@ -38,7 +38,6 @@ from common import (
 
 from unlearning_core.data import load_dataset
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.methods import UnlearnOptions
 from unlearning_core.pipeline import apply_method
 from unlearning_core.store import LocalBlobStore
 from unlearning_core.training.loop import resolve_device
@@ -69,8 +68,8 @@ def main() -> None:
     fast_math(device)
     forget = ForgetSpec(classes=(args.forget_class,))
     options = {
-        "amnesiac": UnlearnOptions(),
-        "partial-amnesiac": UnlearnOptions(prune_first=args.prune_first, prune_last=args.prune_last),
+        "amnesiac": {},
+        "partial-amnesiac": {"prune_first": args.prune_first, "prune_last": args.prune_last},
     }
     result: dict[str, Any] = {
         "benchmark": "affected_batches", **environment(device), "dataset": args.dataset,
@@ -100,7 +99,7 @@ def main() -> None:
             }
             for method in METHODS:
                 done = apply_method(store, run_id=run_id, method=method, forget=forget,
-                                    options=options[method], device=device, publish=False)
+                                    method_options=options[method], device=device, publish=False)
                 row[method] = {
                     **_keep(quick_metrics(done.outcome.model, data, positions, device=device)),
                     "unlearn_seconds": done.outcome.unlearn_seconds,

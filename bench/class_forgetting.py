@@ -37,7 +37,6 @@ from common import RESULTS, dataset_spec, emit, environment, fast_math, pyplot, 
 
 from unlearning_core.data import load_dataset
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.methods import UnlearnOptions
 from unlearning_core.pipeline import apply_method
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
@@ -86,12 +85,12 @@ def run_model(
         positions = data.train.positions_of_class(args.forget_class)
         row["original"] = _columns(quick_metrics(original, data, positions, device=device), others, args)
         methods = {
-            "amnesiac": UnlearnOptions(),
-            "partial-amnesiac": UnlearnOptions(prune_first=args.prune_first, prune_last=args.prune_last),
+            "amnesiac": {},
+            "partial-amnesiac": {"prune_first": args.prune_first, "prune_last": args.prune_last},
         }
         for method, options in methods.items():
             done = apply_method(
-                store, run_id=model, method=method, forget=forget, options=options, device=device,
+                store, run_id=model, method=method, forget=forget, method_options=options, device=device,
                 publish=False,
             )
             metrics = quick_metrics(done.outcome.model, data, positions, device=device)

@@ -38,7 +38,6 @@ from sample_forgetting import load_average, training_spec  # noqa: E402
 
 from unlearning_core.data import load_dataset  # noqa: E402
 from unlearning_core.forget import ForgetSpec  # noqa: E402
-from unlearning_core.methods import UnlearnOptions  # noqa: E402
 from unlearning_core.pipeline import apply_method  # noqa: E402
 from unlearning_core.runs.artifact import RecordedRun  # noqa: E402
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec  # noqa: E402
@@ -168,7 +167,7 @@ def measure_store(store, root, data, dspec, training, args, erasures, device, pr
         rows = {}
         for method, mode in (("amnesiac", "full"), ("partial-amnesiac", "partial")):
             done = apply_method(store, run_id=mode, method=method, forget=forget, device=device, publish=False,
-                                options=UnlearnOptions())
+                                method_options={})
             d = done.outcome.details
             seconds = done.outcome.unlearn_seconds
             steps = runs[mode].index.steps_holding(done.context.forget_positions)

@@ -41,7 +41,6 @@ from common import RESULTS, dataset_spec, emit, environment, fast_math, pyplot  
 import unlearning_core.runs.train as run_training  # noqa: E402
 from unlearning_core.data import Dataset, load_dataset  # noqa: E402
 from unlearning_core.forget import ForgetSpec  # noqa: E402
-from unlearning_core.methods import UnlearnOptions  # noqa: E402
 from unlearning_core.metrics import Outputs, collect_outputs, logit_confidence, lira_scores  # noqa: E402
 from unlearning_core.models import create_model  # noqa: E402
 from unlearning_core.pipeline import apply_method, report  # noqa: E402
@@ -272,12 +271,11 @@ def main() -> None:
         method_rows: list[dict[str, Any]] = []
         for method, recovery in variants:
             partial = method.startswith("partial-")
-            options = UnlearnOptions(
-                prune_first=prune_first if partial else None, prune_last=prune_last if partial else None,
-                recovery_steps=recovery,
-            )
+            options: dict[str, Any] = {"recovery_steps": recovery}
+            if partial:  # only the partial variants take pruning shares
+                options.update(prune_first=prune_first, prune_last=prune_last)
             run_id = "sisa" if method == "sisa" else "single"
-            done = apply_method(store, run_id=run_id, method=method, forget=forget, options=options,
+            done = apply_method(store, run_id=run_id, method=method, forget=forget, method_options=options,
                                 device=device, publish=False)
             full = report(done, retrained_state=None if method == "sisa" else retrained_state)
             if method == "retrain":

@@ -39,7 +39,6 @@ from common import (
 
 from unlearning_core.data import load_dataset
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.methods import UnlearnOptions
 from unlearning_core.methods.prune_search import PruneSearch, pruned_share
 from unlearning_core.pipeline import apply_method
 from unlearning_core.recording import PruneSchedule
@@ -95,8 +94,8 @@ def main() -> None:
         original = run.model_with(run.load_weights(run.spec.trained_weights))
         result["original"] = quick_metrics(original, data, positions, device=device)
 
-        def point(method: str, options: UnlearnOptions, share: float, last: float | None) -> dict[str, Any]:
-            done = apply_method(store, run_id="sweep", method=method, forget=forget, options=options,
+        def point(method: str, options: dict[str, Any], share: float, last: float | None) -> dict[str, Any]:
+            done = apply_method(store, run_id="sweep", method=method, forget=forget, method_options=options,
                                 device=device, publish=False)
             m = quick_metrics(done.outcome.model, data, positions, device=device)
             row = {"method": method, "prune_last": last, "pruned_share": share,
@@ -105,18 +104,18 @@ def main() -> None:
             print(f"{row}", file=sys.stderr)
             return row | {"details": done.outcome.details}
 
-        amn = point("amnesiac", UnlearnOptions(), 0.0, None)
+        amn = point("amnesiac", {}, 0.0, None)
         result["amnesiac"] = {k: v for k, v in amn.items() if k != "details"}
         for last in lasts:
             share = pruned_share(PruneSchedule(args.prune_first, last), run.spec.tensors)
-            row = point("partial-amnesiac", UnlearnOptions(prune_first=args.prune_first, prune_last=last),
+            row = point("partial-amnesiac", {"prune_first": args.prune_first, "prune_last": last},
                         share, last)
             result["points"].append({k: v for k, v in row.items() if k != "details"})
         zero = [p for p in result["points"] if p["forget_acc"] == 0.0]
         result["largest_zero_forget"] = max(zero, key=lambda p: p["pruned_share"]) if zero else None
         auto = point("partial-amnesiac",
-                     UnlearnOptions(prune_first=args.prune_first,
-                                    prune_search=PruneSearch(max_probes=args.auto_probes)),
+                     {"prune_first": args.prune_first,
+                      "prune_search": PruneSearch(max_probes=args.auto_probes)},
                      0.0, None)
         d = auto.pop("details")
         auto.update(prune_last=d["prune_last"], pruned_share=d["pruned_share"], search=d["prune_auto"])

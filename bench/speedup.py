@@ -36,7 +36,6 @@ from sample_forgetting import load_average, training_spec  # noqa: E402
 
 from unlearning_core.data import load_dataset  # noqa: E402
 from unlearning_core.forget import ForgetSpec  # noqa: E402
-from unlearning_core.methods import UnlearnOptions  # noqa: E402
 from unlearning_core.metrics import accuracy, collect_outputs  # noqa: E402
 from unlearning_core.pipeline import apply_method  # noqa: E402
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, SisaSpec  # noqa: E402
@@ -120,14 +119,15 @@ def main() -> None:
         rows: list[dict[str, Any]] = []
         for method in methods:
             partial = method.startswith("partial-")
-            options = UnlearnOptions(
-                prune_first=prune_first if partial else None, prune_last=prune_last if partial else None,
-                recovery_steps=0 if method in ("retrain", "sisa") else args.recovery_steps,
-            )
+            options: dict[str, Any] = {
+                "recovery_steps": 0 if method in ("retrain", "sisa") else args.recovery_steps
+            }
+            if partial:  # only the partial variants take pruning shares
+                options.update(prune_first=prune_first, prune_last=prune_last)
             times, recov, model = [], [], None
             for _ in range(1 if method == "retrain" else repeats):
                 done = apply_method(store, run_id="sisa" if method == "sisa" else "single", method=method,
-                                    forget=forget, options=options, device=device, publish=False)
+                                    forget=forget, method_options=options, device=device, publish=False)
                 times.append(done.outcome.unlearn_seconds)
                 recov.append(done.outcome.recovery_seconds)
                 model = done.outcome.model

@@ -13,7 +13,6 @@ from torch import nn
 from unlearning_core.data import load_dataset
 from unlearning_core.errors import BlobIntegrityError, ForgetSetError, MethodError, RunError
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.methods import UnlearnOptions
 from unlearning_core.models import register_model
 from unlearning_core.models.registry import model_names
 from unlearning_core.pipeline import apply_method, unlearn
@@ -77,7 +76,7 @@ def positions(run: RecordedRun, spec: ForgetSpec) -> tuple[np.ndarray, list[str]
 def amnesiac(run: RecordedRun, spec: ForgetSpec, *, partial: bool, publish: bool = True, **options):
     return apply_method(
         run.store, run_id=run.run_id, method="partial-amnesiac" if partial else "amnesiac",
-        forget=spec, options=UnlearnOptions(**options), device=CPU, publish=publish,
+        forget=spec, method_options=options, device=CPU, publish=publish,
     )
 
 
@@ -167,7 +166,7 @@ def test_class_forgetting_partial_keeps_retain_accuracy_above_amnesiac(class_run
         method: unlearn(
             class_run.store, run_id=class_run.run_id, method=method, forget=ForgetSpec(classes=(3,)),
             device=CPU, publish=False,
-            options=UnlearnOptions(prune_first=0.95, prune_last=0.3) if method == "partial-amnesiac" else None,
+            method_options={"prune_first": 0.95, "prune_last": 0.3} if method == "partial-amnesiac" else None,
         )
         for method in ("amnesiac", "partial-amnesiac")
     }
@@ -205,7 +204,7 @@ def test_recovery_fine_tune_is_timed_separately_and_restores_retain(class_run: R
     plain = unlearn(class_run.store, run_id=class_run.run_id, method="amnesiac", forget=forget, device=CPU, publish=False)
     healed = unlearn(
         class_run.store, run_id=class_run.run_id, method="amnesiac", forget=forget, device=CPU,
-        publish=False, options=UnlearnOptions(recovery_steps=40),
+        publish=False, method_options={"recovery_steps": 40},
     )
     assert plain["recovery_seconds"] == 0.0 and healed["recovery_seconds"] > 0.0
     assert healed["retain_acc"] > plain["retain_acc"]

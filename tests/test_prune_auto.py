@@ -18,7 +18,6 @@ from unlearning_core.cli.main import app
 from unlearning_core.data import load_dataset
 from unlearning_core.errors import MethodError, RunError
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.methods import UnlearnOptions
 from unlearning_core.methods.prune_search import PruneSearch, pruned_share, resolve_criterion
 from unlearning_core.metrics import accuracy, collect_outputs
 from unlearning_core.pipeline import apply_method
@@ -53,7 +52,7 @@ def full_run(tmp_path_factory) -> RecordedRun:
 def _auto(run: RecordedRun, forget: ForgetSpec, search: PruneSearch, **options):
     return apply_method(
         run.store, run_id=run.run_id, method="partial-amnesiac", forget=forget,
-        options=UnlearnOptions(prune_search=search, **options), device=CPU, publish=False,
+        method_options={"prune_search": search, **options}, device=CPU, publish=False,
     )
 
 
@@ -93,7 +92,7 @@ def test_class_forgetting_picks_largest_pruning_with_zero_forget_acc(full_run: R
         fixed = apply_method(
             full_run.store, run_id=full_run.run_id, method="partial-amnesiac",
             forget=ForgetSpec(classes=(FORGET_CLASS,)),
-            options=UnlearnOptions(prune_first=probe["prune_first"], prune_last=probe["prune_last"]),
+            method_options={"prune_first": probe["prune_first"], "prune_last": probe["prune_last"]},
             device=CPU, publish=False,
         )
         assert accuracy(collect_outputs(fixed.outcome.model, forget, device=CPU)) == pytest.approx(probe["value"])
@@ -139,7 +138,7 @@ def test_bad_requests_are_clear_errors(full_run: RecordedRun) -> None:
     with pytest.raises(MethodError, match="partial-amnesiac"):
         apply_method(
             full_run.store, run_id=full_run.run_id, method="amnesiac", forget=ForgetSpec(classes=(1,)),
-            options=UnlearnOptions(prune_search=PruneSearch()), device=CPU, publish=False,
+            method_options={"prune_search": PruneSearch()}, device=CPU, publish=False,
         )
     with pytest.raises(MethodError, match="drop --prune-last"):
         _auto(full_run, ForgetSpec(classes=(1,)), PruneSearch(), prune_last=0.6)

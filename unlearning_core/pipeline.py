@@ -8,6 +8,7 @@ branches on a method's name: methods are found in the registry.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +18,11 @@ import unlearning_core.methods  # noqa: F401  (registers the built-in methods)
 from unlearning_core.data import load_dataset
 from unlearning_core.errors import MethodError
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.methods.base import UnlearnContext, UnlearnOptions, UnlearnOutcome, get_method
+from unlearning_core.methods.base import UnlearnContext, UnlearnOutcome, get_method, validate_options
+from unlearning_core.methods.options import MethodOptions, OptionError
 from unlearning_core.methods.publish import publish_version
-from unlearning_core.metrics import accuracy, collect_outputs, evaluate_unlearning
-from unlearning_core.runs.artifact import open_artifact
+from unlearning_core.metrics import MetricNames, accuracy, collect_outputs, evaluate_unlearning
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.ledger import LedgerStore, VersionEntry
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, SisaSpec, TrainingSpec
 from unlearning_core.report.records import ErasureRecord, save_record
@@ -98,7 +100,7 @@ def apply_method(
     run_id: str,
     method: str,
     forget: ForgetSpec,
-    options: UnlearnOptions | None = None,
+    method_options: Mapping[str, Any] | MethodOptions | None = None,
     device: torch.device,
     publish: bool = True,
     progress: bool = False,
@@ -106,10 +108,15 @@ def apply_method(
 ) -> MethodRun:
     """Resolve the forget set, run the method on the lineage head, publish (unless dry).
 
+    ``method_options`` are the method's options as a plain mapping (a job's stored JSON,
+    ``--option``s) or an options object; they are validated against the method's options
+    model before anything is read (:func:`validate_options`), and the result, defaults
+    filled in, is what the method sees and what :func:`report` records.
     ``ledger_store`` keeps the lineage ledger elsewhere than beside the run (the service
     keeps it in its database, to change it in the transaction that records the version).
     """
     impl = get_method(method)
+    options = validate_options(impl, method_options)
     artifact = open_artifact(store, run_id, ledger_store)
     impl.check_artifact(artifact.spec.method, run_id)
     table = artifact.sample_table
@@ -120,7 +127,7 @@ def apply_method(
         ledger=artifact.ledger(),
         forget_positions=positions,
         forget_ids=[table["sample_ids"][i] for i in positions],
-        options=options or UnlearnOptions(),
+        options=options,
         device=device,
         publish=publish,
         progress=progress,
@@ -178,6 +185,7 @@ def report(
         "run_id": run.run_id,
         "method": impl.name,
         "guarantee": impl.guarantee,
+        "method_options": ctx.options.model_dump(mode="json"),
         "forget_samples": int(len(ctx.forget_positions)),
         "version": version.version if version else None,
         "new_version": bool(ctx.publish and outcome.changed),
@@ -212,7 +220,7 @@ def unlearn(
     run_id: str,
     method: str,
     forget: ForgetSpec,
-    options: UnlearnOptions | None = None,
+    method_options: Mapping[str, Any] | MethodOptions | None = None,
     device: torch.device,
     progress: bool = False,
     evaluate: bool = True,
@@ -221,15 +229,39 @@ def unlearn(
 ) -> dict[str, Any]:
     """Apply ``method`` to the run's lineage head and report it."""
     done = apply_method(
-        store, run_id=run_id, method=method, forget=forget, options=options, device=device,
-        publish=publish, progress=progress,
+        store, run_id=run_id, method=method, forget=forget, method_options=method_options,
+        device=device, publish=publish, progress=progress,
     )
     out = {"forget": forget.describe(), **report(done, evaluate=evaluate, retrained_state=retrained_state)}
     save_erasure_record(done, out if evaluate else None, forget.describe())
     return out
 
 
-GAP_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_auc", "mia_efficacy")
+def options_per_method(
+    methods: list[str], method_options: Mapping[str, Any] | None
+) -> dict[str, MethodOptions]:
+    """One set of options for several methods side by side: each method gets the options
+    its model knows, validated; an option that none of them knows is an error (a typo must
+    not vanish just because several methods run)."""
+    raw = dict(method_options or {})
+    impls = [get_method(m) for m in methods]
+    known = {name for impl in impls for name in impl.options_model.model_fields}
+    unknown = [k for k in raw if k not in known]
+    if unknown:
+        raise OptionError(
+            f"no compared method ({', '.join(methods)}) has option {unknown[0]!r}",
+            method=",".join(methods), options=unknown,
+        )
+    return {
+        impl.name: validate_options(
+            impl, {k: v for k, v in raw.items() if k in impl.options_model.model_fields}
+        )
+        for impl in impls
+    }
+
+
+#: The metrics of each compared row's ``retrain_gap`` (registered with ``show=("gap", ...)``).
+GAP_METRICS = MetricNames("gap")
 
 
 def compare(
@@ -239,7 +271,7 @@ def compare(
     methods: list[str],
     forget: ForgetSpec,
     sisa_run_id: str | None = None,
-    options: UnlearnOptions | None = None,
+    method_options: Mapping[str, Any] | None = None,
     device: torch.device,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -250,6 +282,7 @@ def compare(
     and its time is the denominator of ``speedup_vs_retrain``.
     """
     impls = [get_method(m) for m in methods]  # unknown names fail before any work
+    options = options_per_method([m.name for m in impls], method_options)  # bad options too
     order = sorted(impls, key=lambda m: m.name != "retrain")
     rows: list[dict[str, Any]] = []
     retrained: dict[str, torch.Tensor] | None = None
@@ -260,8 +293,8 @@ def compare(
         if target is None:
             raise MethodError(f"method {impl.name!r} needs a SISA run: pass --sisa-run-id")
         done = apply_method(
-            store, run_id=target, method=impl.name, forget=forget, options=options, device=device,
-            publish=False, progress=progress,
+            store, run_id=target, method=impl.name, forget=forget,
+            method_options=options[impl.name], device=device, publish=False, progress=progress,
         )
         row = report(done, retrained_state=None if exact_sisa else retrained)
         if impl.name == "retrain":

@@ -53,6 +53,9 @@ class RequestJob(Base):
     request_id: Mapped[str] = mapped_column(ForeignKey("erasure_requests.id", ondelete="CASCADE"))
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     method: Mapped[str] = mapped_column(String(32))
+    #: The method's options, validated against its model when the request was filed
+    #: (defaults filled in); None: the method's defaults.
+    method_options: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(24), default="queued")
     progress: Mapped[float] = mapped_column(default=0.0)
     step: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -14,6 +14,8 @@ from unlearning_core.methods import method_names
 
 MAX_SAMPLE_IDS = 10_000
 MAX_MODELS = 100
+#: More names than any method has options: a bound on work, not a rule of any method.
+MAX_METHOD_OPTIONS = 64
 
 
 def _dedupe(values: list[str]) -> list[str]:
@@ -30,6 +32,11 @@ class ErasureRequestCreate(BaseModel):
             "examples": [
                 {"subject_id": "subject-0007"},
                 {"sample_ids": ["17", "42"], "models": ["demo-digits"]},
+                {
+                    "subject_id": "subject-0007",
+                    "method": "partial-amnesiac",
+                    "method_options": {"prune_last": 0.6, "recovery_steps": 20},
+                },
             ]
         },
     )
@@ -50,7 +57,14 @@ class ErasureRequestCreate(BaseModel):
     )
     method: str | None = Field(
         default=None,
-        description="unlearning method overriding each model's default (see `lethe unlearn --help`)",
+        description="unlearning method overriding each model's default (`lethe methods` lists them)",
+    )
+    method_options: dict[str, Any] | None = Field(
+        default=None,
+        max_length=MAX_METHOD_OPTIONS,
+        description="options of the unlearning method (`lethe methods` lists each method's, "
+        "with defaults and bounds), checked against `method` if given, else against each "
+        "target model's default method; an unknown option or a bad value is a 422",
     )
 
     @field_validator("sample_ids", "models")
@@ -71,6 +85,12 @@ class ErasureRequestCreate(BaseModel):
                 f"unknown unlearning method {value!r}; known: {', '.join(method_names())}"
             )
         return value
+
+    @field_validator("method_options")
+    @classmethod
+    def _options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # {} asks for nothing beyond the defaults: the same request (and body hash) as none.
+        return value or None
 
     @model_validator(mode="after")
     def _something(self) -> ErasureRequestCreate:
@@ -102,6 +122,10 @@ class VersionOut(BaseModel):
 class JobOut(BaseModel):
     model: str
     method: str
+    method_options: dict[str, Any] | None = Field(
+        description="the method's options as validated for this job (defaults filled in); "
+        "null: the method's defaults"
+    )
     status: JobStatus
     progress: float
     step: str | None

@@ -7,26 +7,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from api.datasets.schemas import NAME_PATTERN
+from api.datasets.schemas import MAX_SEED, NAME_PATTERN
 from unlearning_core.methods import get_method, method_names
 from unlearning_core.models import model_names
 
-TrainMethod = Literal["plain", "amnesiac", "partial-amnesiac", "sisa"]
-
-#: What a training method records, and the unlearning method its erasure requests use by
-#: default (the request may override it with any method the recorded run supports).
-RECORD_OF_METHOD: dict[str, str] = {
-    "plain": "none",
-    "amnesiac": "full",
-    "partial-amnesiac": "partial",
-    "sisa": "none",
-}
-DEFAULT_UNLEARN_METHOD: dict[str, str] = {
-    "plain": "retrain",
-    "amnesiac": "amnesiac",
-    "partial-amnesiac": "partial-amnesiac",
-    "sisa": "sisa",
-}
+# What a training method records (re-exported for the registry's flows) and the unlearning
+# method its erasure requests use by default (a request may name any method the recorded
+# run supports): unlearning_core's vocabulary, defined once in unlearning_core.vocab.
+from unlearning_core.vocab import DEFAULT_UNLEARN_METHOD, TrainingMethod
+from unlearning_core.vocab import RECORD_OF_METHOD as RECORD_OF_METHOD
 
 
 class ModelCreate(BaseModel):
@@ -34,6 +23,7 @@ class ModelCreate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {
@@ -50,10 +40,10 @@ class ModelCreate(BaseModel):
     name: str = Field(
         pattern=NAME_PATTERN, description="Unique model name; letters, digits, '.', '_', '-'"
     )
-    dataset: str = Field(min_length=1, description="Name of a registered dataset")
+    dataset: str = Field(pattern=NAME_PATTERN, description="Name of a registered dataset")
     architecture: str = Field(description="A registered architecture: " + ", ".join(model_names()))
-    method: TrainMethod = Field(
-        default="partial-amnesiac",
+    method: TrainingMethod = Field(
+        default=TrainingMethod.PARTIAL_AMNESIAC,
         description="What training prepares for: plain (nothing recorded), amnesiac (full per-step updates), "
         "partial-amnesiac (pruned updates) or sisa (shards and slice checkpoints)",
     )
@@ -66,8 +56,13 @@ class ModelCreate(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=65536)
     lr: float = Field(default=0.01, gt=0.0, le=10.0)
     momentum: float = Field(default=0.9, ge=0.0, le=1.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    seed: int = 0
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of initialisation, batch order and update masks: 0 to 2147483647",
+    )
     prune_first: float = Field(
         default=0.99,
         ge=0.0,
@@ -94,6 +89,7 @@ class ModelCreate(BaseModel):
     )
     concentrate: str | None = Field(
         default=None,
+        max_length=64,
         description="K:Q puts every training sample of class K into a share Q of the batches",
     )
 
@@ -133,7 +129,7 @@ class ModelCreate(BaseModel):
         if self.method not in impl.trained_with:
             raise ValueError(
                 f"unlearn_method {self.unlearn_method!r} cannot work from a model trained with method "
-                f"{self.method!r}; it needs {' or '.join(impl.trained_with)}"
+                f"{str(self.method)!r}; it needs {' or '.join(impl.trained_with)}"
             )
         return self
 

@@ -12,13 +12,14 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from unlearning_core.errors import LetheError
+from unlearning_core.vocab import METHOD_OF_RECORD, RECORD_OF_METHOD, RecordMode, TrainingMethod
 
 app = typer.Typer(
     name="lethe",
@@ -47,13 +48,6 @@ class StoreDtype(str, Enum):
     float16 = "float16"
 
 
-class TrainMethod(str, Enum):
-    plain = "plain"
-    amnesiac = "amnesiac"
-    partial_amnesiac = "partial-amnesiac"
-    sisa = "sisa"
-
-
 class Aggregation(str, Enum):
     vote = "vote"
     softmax = "softmax"
@@ -63,10 +57,6 @@ class BnRepair(str, Enum):
     auto = "auto"
     always = "always"
     never = "never"
-
-
-RECORD_OF_METHOD = {"plain": "none", "amnesiac": "full", "partial-amnesiac": "partial", "sisa": "none"}
-METHOD_OF_RECORD = {"none": "plain", "full": "amnesiac", "partial": "partial-amnesiac"}
 
 
 StoreOpt = Annotated[
@@ -110,7 +100,7 @@ def train(
     momentum: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.9,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = 0.0,
     seed: int = 0,
-    method: Annotated[TrainMethod | None, typer.Option(help="What the run prepares for: plain (nothing recorded), amnesiac (full updates), partial-amnesiac (pruned updates) or sisa (shards and slice checkpoints). Default: from --record.")] = None,
+    method: Annotated[TrainingMethod | None, typer.Option(help="What the run prepares for: plain (nothing recorded), amnesiac (full updates), partial-amnesiac (pruned updates) or sisa (shards and slice checkpoints). Default: from --record.")] = None,
     record: Annotated[Record | None, typer.Option(help="Which updates to store for amnesiac unlearning [default: partial].")] = None,
     shards: Annotated[int, typer.Option(min=1, max=256, help="SISA: number of shards.")] = 8,
     slices: Annotated[int, typer.Option(min=1, max=256, help="SISA: slices per shard (a checkpoint after each).")] = 4,
@@ -136,13 +126,16 @@ def train(
     from unlearning_core.training.loop import resolve_device
 
     _run_id_ok(run_id)
-    if method is not None and record is not None and RECORD_OF_METHOD[method.value] != record.value:
+    if method is not None and record is not None and RECORD_OF_METHOD[method] != record.value:
         raise typer.BadParameter(
-            f"--method {method.value} records {RECORD_OF_METHOD[method.value]}, not {record.value}",
+            f"--method {method.value} records {RECORD_OF_METHOD[method]}, not {record.value}",
             param_hint="--record",
         )
-    mode = record.value if record is not None else RECORD_OF_METHOD[method.value] if method else "partial"
-    train_method = method.value if method is not None else METHOD_OF_RECORD[mode]
+    mode: RecordMode = (
+        cast(RecordMode, record.value) if record is not None
+        else RECORD_OF_METHOD[method] if method else "partial"
+    )
+    train_method = method if method is not None else METHOD_OF_RECORD[mode]
     klass, subjects, share = parse_concentrate(concentrate) if concentrate else (None, None, None)
     recording = RecordingSpec(
         mode=mode, mask=mask.value, mask_seed=seed if mask_seed is None else mask_seed,
@@ -161,7 +154,7 @@ def train(
         ),
         recording=recording,
         sisa=SisaSpec(shards=shards, slices=slices, aggregation=aggregation.value, by_subject=sisa_by_subject)
-        if train_method == "sisa"
+        if train_method == TrainingMethod.SISA
         else None,
         device=resolve_device(device),
         progress=True,
@@ -173,7 +166,7 @@ def train(
 def unlearn(
     store: StoreOpt,
     run_id: RunIdOpt,
-    method: Annotated[str | None, typer.Option(help="retrain, sisa, amnesiac, partial-amnesiac, label-flip, neg-grad, partial-label-flip, partial-neg-grad.")] = None,
+    method: Annotated[str | None, typer.Option(help="An unlearning method: retrain, sisa, amnesiac, partial-amnesiac, label-flip, neg-grad, ... (`lethe methods` lists them with their options).")] = None,
     compare: Annotated[str | None, typer.Option(help="Comma-separated methods to run side by side from the same trained runs (nothing is published).")] = None,
     sisa_run_id: Annotated[str | None, typer.Option("--sisa-run-id", help="With --compare: the SISA run for the sisa row.")] = None,
     forget_ids: Annotated[Path | None, typer.Option("--forget-ids", help="File with one sample id per line.")] = None,
@@ -186,13 +179,14 @@ def unlearn(
     auto_max_forget_acc: Annotated[float, typer.Option("--auto-max-forget-acc", min=0.0, max=1.0, help="--prune auto, forget_acc: the most forget accuracy that counts as forgotten.")] = 0.0,
     auto_mia_target: Annotated[float, typer.Option("--auto-mia-target", min=0.0, max=1.0, help="--prune auto, mia_auc: the AUC to stay within 0.02 of (0.5, or the retrained model's).")] = 0.5,
     auto_probes: Annotated[int, typer.Option("--auto-probes", min=2, max=32, help="--prune auto: most candidates evaluated.")] = 8,
-    recovery_steps: Annotated[int, typer.Option("--recovery-steps", min=0, help="Fine-tune steps on retained data afterwards.")] = 0,
+    recovery_steps: Annotated[int | None, typer.Option("--recovery-steps", min=0, help="Fine-tune steps on retained data afterwards [default: 0].")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="label-flip / neg-grad: iterations [default: 20].")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="label-flip / neg-grad: learning rate [default: the run's].")] = None,
     target_forget_acc: Annotated[float | None, typer.Option("--target-forget-acc", min=0.0, max=1.0, help="neg-grad: stop once forget accuracy is at most this.")] = None,
-    mix_retain: Annotated[float, typer.Option("--mix-retain", min=0.0, max=0.99, help="label-flip: share of each batch drawn from retained data.")] = 0.0,
+    mix_retain: Annotated[float | None, typer.Option("--mix-retain", min=0.0, max=0.99, help="label-flip: share of each batch drawn from retained data [default: 0].")] = None,
     aggregation: Annotated[Aggregation | None, typer.Option(help="sisa: vote or softmax [default: the run's].")] = None,
-    bn_repair: Annotated[BnRepair, typer.Option("--bn-repair", help="amnesiac methods: re-estimate BatchNorm statistics on retained data when subtraction left an invalid one (auto), always, or never.")] = BnRepair.auto,
+    bn_repair: Annotated[BnRepair | None, typer.Option("--bn-repair", help="amnesiac methods: re-estimate BatchNorm statistics on retained data when subtraction left an invalid one (auto), always, or never [default: auto].")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", metavar="NAME=VALUE", help="A method option (repeatable), checked against the method's options (`lethe methods` lists them); VALUE is read as JSON when it parses (2, 0.5, true, null, {...}), else as a string. The flags above set the same options.")] = None,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Compute the efficacy metrics.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and evaluate, but publish no version and leave the ledger as it is.")] = False,
     device: DeviceOpt = "auto",
@@ -201,7 +195,7 @@ def unlearn(
     """Remove the forget set's influence from a run's latest version and publish a new one."""
     from unlearning_core import pipeline
     from unlearning_core.forget import ForgetSpec, read_id_file
-    from unlearning_core.methods import UnlearnOptions
+    from unlearning_core.methods import OptionError, validate_options
     from unlearning_core.store import open_store
     from unlearning_core.training.loop import resolve_device
 
@@ -215,29 +209,39 @@ def unlearn(
     )
     prune_search = None
     if prune is not None:
-        from unlearning_core.methods.prune_search import CRITERIA, PruneSearch
+        from unlearning_core.methods.prune_search import CRITERIA
 
         if prune.strip().lower() != "auto":
             raise typer.BadParameter(f"only 'auto' is accepted (fixed shares: --prune-first/--prune-last), got {prune!r}", param_hint="--prune")
         if auto_criterion is not None and auto_criterion not in CRITERIA:
             raise typer.BadParameter(f"one of {', '.join(CRITERIA)}, got {auto_criterion!r}", param_hint="--auto-criterion")
-        prune_search = PruneSearch(
-            criterion=auto_criterion, max_forget_acc=auto_max_forget_acc, mia_target=auto_mia_target,  # type: ignore[arg-type]
-            max_probes=auto_probes,
-        )
-    options = UnlearnOptions(
-        prune_first=prune_first, prune_last=prune_last, prune_search=prune_search, recovery_steps=recovery_steps, steps=steps,
-        lr=lr, target_forget_acc=target_forget_acc, mix_retain=mix_retain,
-        aggregation=aggregation.value if aggregation else None, bn_repair=bn_repair.value,
-    )
+        prune_search = {  # partial-amnesiac's prune_search option (a PruneSearch once validated)
+            "criterion": auto_criterion, "max_forget_acc": auto_max_forget_acc,
+            "mia_target": auto_mia_target, "max_probes": auto_probes,
+        }
+    flags = {  # the dedicated flags given, as the options they set
+        "prune_first": prune_first, "prune_last": prune_last, "prune_search": prune_search,
+        "recovery_steps": recovery_steps, "steps": steps, "lr": lr,
+        "target_forget_acc": target_forget_acc, "mix_retain": mix_retain,
+        "aggregation": aggregation.value if aggregation else None,
+        "bn_repair": bn_repair.value if bn_repair else None,
+    }
+    options = _merge_options({k: v for k, v in flags.items() if v is not None}, option or [])
+    names = [m.strip() for m in (compare.split(",") if compare is not None else [method or ""]) if m.strip()]
+    if not names:
+        raise typer.BadParameter("name at least one method", param_hint="--compare")
+    try:  # before anything is read: a bad option is the user's, named with its flag
+        if compare is None:
+            validate_options(names[0], options)
+        else:
+            pipeline.options_per_method(names, options)
+    except OptionError as exc:
+        raise typer.BadParameter(str(exc), param_hint=_option_hint(exc.options, flags)) from None
     blob_store = open_store(store)
     if compare is not None:
-        names = [m.strip() for m in compare.split(",") if m.strip()]
-        if not names:
-            raise typer.BadParameter("name at least one method", param_hint="--compare")
         result = pipeline.compare(
             blob_store, run_id=run_id, sisa_run_id=sisa_run_id and _run_id_ok(sisa_run_id),
-            methods=names, forget=spec, options=options, device=resolve_device(device), progress=True,
+            methods=names, forget=spec, method_options=options, device=resolve_device(device), progress=True,
         )
         if as_json:
             _emit(result, True, "")
@@ -245,10 +249,82 @@ def unlearn(
             _compare_table(result)
         return
     result = pipeline.unlearn(
-        blob_store, run_id=run_id, method=method, forget=spec, options=options,
+        blob_store, run_id=run_id, method=names[0], forget=spec, method_options=options,
         device=resolve_device(device), progress=True, evaluate=evaluate, publish=not dry_run,
     )
     _emit(result, as_json, f"{method} on {run_id}")
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE``: the value as JSON when it parses (numbers, booleans, objects), else
+    the text itself (so ``bn_repair=never`` needs no quotes)."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise typer.BadParameter(f"expected NAME=VALUE, got {text!r}", param_hint="--option")
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw
+
+
+def _merge_options(flags: dict[str, Any], given: list[str]) -> dict[str, Any]:
+    """The dedicated flags' options plus the ``--option``s; naming one option twice is an
+    error rather than a silent override."""
+    out = dict(flags)
+    seen: set[str] = set()
+    for text in given:
+        name, value = _parse_option(text)
+        if name in seen:
+            raise typer.BadParameter(f"option {name!r} is given twice", param_hint="--option")
+        if name in flags:
+            raise typer.BadParameter(
+                f"option {name!r} is already set by {_FLAG_OF.get(name, '--' + name)}",
+                param_hint="--option",
+            )
+        seen.add(name)
+        out[name] = value
+    return out
+
+
+#: The dedicated ``lethe unlearn`` flag of an option (for error hints).
+_FLAG_OF = {
+    "prune_first": "--prune-first", "prune_last": "--prune-last", "prune_search": "--prune",
+    "recovery_steps": "--recovery-steps", "steps": "--steps", "lr": "--lr",
+    "target_forget_acc": "--target-forget-acc", "mix_retain": "--mix-retain",
+    "aggregation": "--aggregation", "bn_repair": "--bn-repair",
+}
+
+
+def _option_hint(names: tuple[str, ...], flags: dict[str, Any]) -> str:
+    """The flags that set the refused options (``--option`` for the rest)."""
+    hints = [_FLAG_OF[n] if flags.get(n) is not None and n in _FLAG_OF else "--option" for n in names]
+    return " / ".join(dict.fromkeys(hints)) or "--option"
+
+
+@app.command("methods")
+def list_methods(as_json: JsonOpt = False) -> None:
+    """List the unlearning methods: guarantee, the training each needs, and its options."""
+    from unlearning_core.methods import method_catalog
+
+    catalog = method_catalog()
+    if as_json:
+        _emit({"methods": catalog}, True, "")
+        return
+    overview = Table(title="unlearning methods (lethe unlearn --method NAME)")
+    for column in ("method", "guarantee", "trained with (lethe train --method)", "what it does"):
+        overview.add_column(column)
+    for m in catalog:
+        overview.add_row(m["name"], m["guarantee"], ", ".join(m["trained_with"]), m["summary"])
+    _out.print(overview)
+    for m in catalog:
+        table = Table(title=f"{m['name']} options (--option NAME=VALUE)")
+        for column in ("option", "type", "default", "bounds", "description"):
+            table.add_column(column)
+        for o in m["options"]:
+            bounds = ", ".join(f"{k} {v}" for k, v in o["bounds"].items())
+            table.add_row(o["name"], o["type"], json.dumps(o["default"]), bounds, o["description"])
+        _out.print(table)
 
 
 @app.command()
@@ -267,7 +343,7 @@ def report(
 ) -> None:
     """Write a version's erasure report: metrics, Grad-CAM grid, accuracy timeline, sha256s."""
     from unlearning_core.report.build import Comparison, erasure_report
-    from unlearning_core.runs.artifact import open_artifact
+    from unlearning_core.artifacts import open_artifact
     from unlearning_core.store import open_store
     from unlearning_core.training.loop import resolve_device
 
@@ -300,13 +376,19 @@ def report(
 
 
 def _compare_table(result: dict[str, Any]) -> None:
-    cols = ("method", "guarantee", "forget_acc", "retain_acc", "test_acc", "mia_auc", "mia_efficacy",
-            "unlearn_seconds", "recovery_seconds", "relearn_steps", "speedup_vs_retrain")
+    """One row per method; the columns are the registry's ``compare`` metrics that some row
+    has, headed by their JSON names (what ``--json`` prints) and formatted as registered."""
+    from unlearning_core.metrics import registered_metrics
+
+    rows = result["rows"]
+    specs = [s for s in registered_metrics(surface="compare") if any(r.get(s.name) is not None for r in rows)]
     table = Table(title=f"forget {result['forget']}")
-    for c in cols:
-        table.add_column(c)
-    for row in result["rows"]:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in cols)))
+    table.add_column("method")
+    table.add_column("guarantee")
+    for spec in specs:
+        table.add_column(spec.name, justify="right")
+    for row in rows:
+        table.add_row(str(row["method"]), str(row["guarantee"]), *(spec.format(row.get(spec.name)) for spec in specs))
     _out.print(table)
 
 

@@ -1,26 +1,35 @@
 """Unlearning methods, registered by name (see :mod:`unlearning_core.methods.base`).
 
 Importing this package registers the built-ins; a new method is one module plus its import
-here.
+here. Each method names its options model (:mod:`unlearning_core.methods.options`);
+optimisation-based methods build on :mod:`unlearning_core.methods.finetune`.
 """
 
 from unlearning_core.methods import amnesiac, label_flip, neg_grad, retrain, sisa  # noqa: F401
 from unlearning_core.methods.base import (
     UnlearnContext,
     UnlearningMethod,
-    UnlearnOptions,
     UnlearnOutcome,
     get_method,
+    method_catalog,
     method_names,
     register_method,
+    unregister_method,
+    validate_options,
 )
+from unlearning_core.methods.options import MethodOptions, OptionError, PruneOptions
 
 __all__ = [
+    "MethodOptions",
+    "OptionError",
+    "PruneOptions",
     "UnlearnContext",
-    "UnlearnOptions",
     "UnlearnOutcome",
     "UnlearningMethod",
     "get_method",
+    "method_catalog",
     "method_names",
     "register_method",
+    "unregister_method",
+    "validate_options",
 ]

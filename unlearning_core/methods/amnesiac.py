@@ -16,6 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 from tqdm.auto import tqdm
 
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
 from unlearning_core.errors import MethodError, RunError
 from unlearning_core.methods.base import (
     UnlearnContext,
@@ -26,12 +30,42 @@ from unlearning_core.methods.base import (
 )
 from unlearning_core.methods.batchnorm import repair_batchnorm
 from unlearning_core.methods.layerwise import DEFAULT_PRUNE
-from unlearning_core.methods.prune_search import measurer, resolve_criterion, search_prune
+from unlearning_core.methods.options import MethodOptions, PruneOptions
+from unlearning_core.methods.prune_search import (
+    PruneSearch,
+    measurer,
+    resolve_criterion,
+    search_prune,
+)
 from unlearning_core.recording import PruneSchedule, decode_update
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.spec import BlobPointer
+from unlearning_core.vocab import Guarantee, TrainingMethod
 
 READ_AHEAD = 4
+
+
+class AmnesiacOptions(MethodOptions):
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="samples per step of the recovery fine-tune and of BatchNorm repair "
+        "[default: the run's]",
+    )
+    bn_repair: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="re-estimate BatchNorm statistics on retained data: when subtraction left "
+        "an invalid one (auto), always, or never",
+    )
+
+
+class PartialAmnesiacOptions(AmnesiacOptions, PruneOptions):
+    prune_search: PruneSearch | None = Field(
+        default=None,
+        description="--prune auto: search the largest last-layer pruning that still forgets "
+        "(an object of PruneSearch's fields; {} for its defaults); every probe is reported",
+    )
 
 
 def prune_shares(
@@ -112,9 +146,10 @@ def subtract_steps(
 @register_method
 class AmnesiacMethod(UnlearningMethod):
     name = "amnesiac"
-    guarantee = "approximate"
-    trained_with = ("amnesiac",)
+    guarantee = Guarantee.APPROXIMATE
+    trained_with: ClassVar[tuple[TrainingMethod, ...]] = (TrainingMethod.AMNESIAC,)
     summary = "subtract the full recorded updates of every batch that held forget data"
+    options_model: ClassVar[type[MethodOptions]] = AmnesiacOptions
     partial = False
 
     def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
@@ -124,16 +159,20 @@ class AmnesiacMethod(UnlearningMethod):
                 f"run {run.run_id!r} was retrained from scratch in this lineage; its recorded "
                 "updates no longer describe the current weights"
             )
-        opts = ctx.options
-        prune = prune_shares(run, partial=self.partial, prune_first=opts.prune_first, prune_last=opts.prune_last)
+        opts = ctx.options_as(AmnesiacOptions)
+        shares = opts if isinstance(opts, PruneOptions) else PruneOptions()
+        search_for = opts.prune_search if isinstance(opts, PartialAmnesiacOptions) else None
+        prune = prune_shares(
+            run, partial=self.partial, prune_first=shares.prune_first, prune_last=shares.prune_last
+        )
         done = set(ctx.ledger.subtracted_steps)
         affected = [int(s) for s in run.index.steps_holding(ctx.forget_positions)]
         todo = [s for s in affected if s not in done]
         parent = run.load_weights(ctx.ledger.head.weights)
         started = time.perf_counter()
         search: dict = {}
-        if opts.prune_search is not None:
-            state, bytes_read, search = self._search(ctx, parent, todo)
+        if search_for is not None:
+            state, bytes_read, search = self._search(ctx, parent, todo, search_for)
         else:
             state, bytes_read = subtract_steps(
                 run, parent, todo, prune=prune, device=ctx.device, progress=ctx.progress, desc=self.name
@@ -165,20 +204,23 @@ class AmnesiacMethod(UnlearningMethod):
     def _repair_bn(self, ctx: UnlearnContext, model: torch.nn.Module) -> dict[str, object]:
         """Subtracted moving averages are not statistics of any data: see methods/batchnorm."""
         run: RecordedRun = ctx.artifact
+        opts = ctx.options_as(AmnesiacOptions)
         return repair_batchnorm(
-            model, ctx.dataset.train.subset(ctx.retain_positions()), mode=ctx.options.bn_repair,
-            device=ctx.device, batch_size=ctx.options.batch_size or run.spec.training.batch_size,
+            model, ctx.dataset.train.subset(ctx.retain_positions()), mode=opts.bn_repair,
+            device=ctx.device, batch_size=opts.batch_size or run.spec.training.batch_size,
             seed=run.spec.training.seed,
         )
 
     def _search(
-        self, ctx: UnlearnContext, parent: dict[str, torch.Tensor], todo: list[int]
+        self,
+        ctx: UnlearnContext,
+        parent: dict[str, torch.Tensor],
+        todo: list[int],
+        search_for: PruneSearch,
     ) -> tuple[dict[str, torch.Tensor], int, dict]:
         """``--prune auto``: the largest pruning that still forgets (see prune_search)."""
         run: RecordedRun = ctx.artifact
-        opts = ctx.options
-        if not self.partial:
-            raise MethodError("--prune auto searches a layer-wise pruning: use --method partial-amnesiac")
+        opts = ctx.options_as(PartialAmnesiacOptions)
         if opts.prune_last is not None:
             raise MethodError("--prune auto searches the last layer's share: drop --prune-last")
         rec = run.spec.recording
@@ -201,9 +243,9 @@ class AmnesiacMethod(UnlearningMethod):
             self._repair_bn(ctx, model)
             return {k: v.cpu() for k, v in model.state_dict().items()}
 
-        criterion = resolve_criterion(opts.prune_search, ctx.dataset.train.labels.numpy(), ctx.forget_positions)
+        criterion = resolve_criterion(search_for, ctx.dataset.train.labels.numpy(), ctx.forget_positions)
         found = search_prune(
-            first=first, floor=floor, search=opts.prune_search, criterion=criterion,
+            first=first, floor=floor, search=search_for, criterion=criterion,
             shapes=run.spec.tensors, candidate=candidate,
             measure=measurer(criterion, run.model_with, ctx.dataset, ctx.forget_positions, ctx.device),
         )
@@ -219,6 +261,7 @@ class AmnesiacMethod(UnlearningMethod):
 @register_method
 class PartialAmnesiacMethod(AmnesiacMethod):
     name = "partial-amnesiac"
-    trained_with = ("amnesiac", "partial-amnesiac")
+    trained_with = (TrainingMethod.AMNESIAC, TrainingMethod.PARTIAL_AMNESIAC)
     summary = "subtract the layer-wise pruned recorded updates (less pruning with depth)"
+    options_model = PartialAmnesiacOptions
     partial = True

@@ -7,36 +7,44 @@ samples with their true labels (which keeps the rest of the model in place). Cos
 SGD steps, independent of the training set's size; no guarantee, so report the metrics.
 
 ``partial-label-flip`` scales each layer's step by its keep share (see
-:mod:`unlearning_core.methods.layerwise`), so early, generic layers barely move.
+:mod:`unlearning_core.methods.layerwise`), so early, generic layers barely move. The
+fine-tune itself (optimiser, loop, recovery, figures) is
+:class:`~unlearning_core.methods.finetune.FinetuneMethod`'s.
 """
 
 from __future__ import annotations
 
-import time
+from typing import ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from unlearning_core.errors import MethodError
-from unlearning_core.methods.base import (
-    SINGLE_MODEL_TRAINING,
-    UnlearnContext,
-    UnlearningMethod,
-    UnlearnOutcome,
-    recover,
-    register_method,
+from unlearning_core.methods.base import UnlearnContext, register_method
+from unlearning_core.methods.finetune import (
+    Batch,
+    FinetuneMethod,
+    FinetuneOptions,
+    FinetunePlan,
+    Tuning,
+    cross_entropy,
 )
-from unlearning_core.methods.layerwise import (
-    check_finetune_options,
-    check_no_prune,
-    finetune,
-    layer_scales,
-    partial_schedule,
-)
-from unlearning_core.runs.artifact import RecordedRun
-from unlearning_core.training.loop import OptimConfig
+from unlearning_core.methods.options import MethodOptions, PruneOptions
 
-DEFAULT_STEPS = 20
+
+class LabelFlipOptions(FinetuneOptions):
+    mix_retain: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of each batch drawn from retained samples with their true labels "
+        "(holds the rest of the model in place)",
+    )
+
+
+class PartialLabelFlipOptions(LabelFlipOptions, PruneOptions):
+    """Label flipping's knobs plus the layer-wise pruning shares."""
 
 
 def flip_labels(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
@@ -66,33 +74,16 @@ def batch_split(
 
 
 @register_method
-class LabelFlipMethod(UnlearningMethod):
+class LabelFlipMethod(FinetuneMethod):
     name = "label-flip"
-    guarantee = "approximate"
-    trained_with = SINGLE_MODEL_TRAINING
     summary = "fine-tune on the forget set relabelled with random wrong labels; a few SGD steps"
-    partial = False
+    options_model: ClassVar[type[MethodOptions]] = LabelFlipOptions
 
-    def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
-        run: RecordedRun = ctx.artifact
-        opts, t, device = ctx.options, run.spec.training, ctx.device
-        check_finetune_options(self.name, opts)
-        if self.partial:
-            r = run.spec.recording
-            schedule = partial_schedule((r.prune_first, r.prune_last), opts)
-        else:
-            check_no_prune(self.name, opts)
-            schedule = None
-        steps = DEFAULT_STEPS if opts.steps is None else opts.steps
-        batch_size = opts.batch_size or t.batch_size
-        optim = OptimConfig(lr=opts.lr or t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        model = run.model_with(run.load_weights(ctx.ledger.head.weights))
-        scales = layer_scales(model, schedule)
-
-        started = time.perf_counter()
+    def plan(self, ctx: UnlearnContext, tune: Tuning) -> FinetunePlan:
+        opts, device = ctx.options_as(LabelFlipOptions), tune.device
         forget = ctx.dataset.train.subset(ctx.forget_positions)
         retain_pos = ctx.retain_positions() if opts.mix_retain > 0 else np.empty(0, dtype=np.int64)
-        n_forget, n_retain = batch_split(batch_size, opts.mix_retain, len(forget), len(retain_pos))
+        n_forget, n_retain = batch_split(tune.batch_size, opts.mix_retain, len(forget), len(retain_pos))
         fx = forget.images.to(device)
         fy = flip_labels(forget.labels, ctx.dataset.num_classes, opts.seed).to(device)
         if n_retain > 0:
@@ -100,41 +91,21 @@ class LabelFlipMethod(UnlearningMethod):
             rx, ry = retain.images.to(device), retain.labels.to(device)
         rng = np.random.default_rng((opts.seed, 1))
 
-        def next_batch(_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def next_batch(_step: int) -> Batch:
             f = torch.as_tensor(rng.choice(len(fy), size=n_forget, replace=False), device=device)
             if n_retain == 0:
                 return fx[f], fy[f]
             r = torch.as_tensor(rng.choice(len(ry), size=n_retain, replace=False), device=device)
             return torch.cat([fx[f], rx[r]]), torch.cat([fy[f], ry[r]])
 
-        result = finetune(
-            model, optim=optim, scales=scales, next_batch=next_batch, steps=steps, device=device
-        )
-        unlearn_seconds = time.perf_counter() - started
-        recovery_seconds = recover(
-            model,
-            ctx,
-            optim=run.optim(),
-            batch_size=batch_size,
-            seed=t.seed + len(ctx.ledger.versions),
-        )
-        details = {
-            "steps": result.steps,
-            "mix_retain": opts.mix_retain,
-            "forget_per_batch": n_forget,
-            "retain_per_batch": n_retain,
-            "lr": optim.lr,
-            "diverged": result.diverged,
-            "layer_step_scale": scales,
-        }
-        if schedule is not None:
-            details.update(prune_first=schedule.first, prune_last=schedule.last)
-        return UnlearnOutcome(
-            model=model.cpu(),
-            unlearn_seconds=unlearn_seconds,
-            recovery_seconds=recovery_seconds,
-            changed=result.steps > 0 or opts.recovery_steps > 0,
-            details=details,
+        return FinetunePlan(
+            next_batch=next_batch,
+            loss=cross_entropy,
+            details={
+                "mix_retain": opts.mix_retain,
+                "forget_per_batch": n_forget,
+                "retain_per_batch": n_retain,
+            },
         )
 
 
@@ -142,4 +113,5 @@ class LabelFlipMethod(UnlearningMethod):
 class PartialLabelFlipMethod(LabelFlipMethod):
     name = "partial-label-flip"
     summary = "label flipping with each layer's step scaled by 1 - p_l (early layers barely move)"
+    options_model = PartialLabelFlipOptions
     partial = True

@@ -19,7 +19,6 @@ import torch
 
 from unlearning_core.errors import MethodError
 from unlearning_core.methods.base import (
-    SINGLE_MODEL_TRAINING,
     UnlearnContext,
     UnlearningMethod,
     UnlearnOutcome,
@@ -28,12 +27,13 @@ from unlearning_core.methods.base import (
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.training.batching import concentration_of, plan_batches
 from unlearning_core.training.loop import train_plan
+from unlearning_core.vocab import SINGLE_MODEL_TRAINING, Guarantee
 
 
 @register_method
 class RetrainMethod(UnlearningMethod):
     name = "retrain"
-    guarantee = "exact"
+    guarantee = Guarantee.EXACT
     trained_with = SINGLE_MODEL_TRAINING
     summary = "train the same model from scratch on the retained samples; costs a full training run"
 

@@ -9,27 +9,41 @@ are. The result equals SISA trained from scratch without those samples.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from unlearning_core.methods.base import UnlearnContext, UnlearningMethod, UnlearnOutcome, register_method
+from unlearning_core.methods.options import MethodOptions
 from unlearning_core.runs.spec import BlobPointer
 from unlearning_core.sisa.artifact import SisaRun, checkpoint_key, ensemble_state
 from unlearning_core.sisa.train import full_training_cost, initial_state, train_shard
+from unlearning_core.vocab import Guarantee, TrainingMethod
 from unlearning_core.weights import save_state
+
+
+class SisaOptions(MethodOptions):
+    """SISA retrains with the run's own schedule; only the ensemble's vote is a choice."""
+
+    aggregation: Literal["vote", "softmax"] | None = Field(
+        default=None, description="how shard outputs are combined [default: the run's]"
+    )
 
 
 @register_method
 class SisaMethod(UnlearningMethod):
     name = "sisa"
-    guarantee = "exact"
-    trained_with = ("sisa",)
+    guarantee = Guarantee.EXACT
+    trained_with = (TrainingMethod.SISA,)
     summary = "retrain only the affected shards from the checkpoint before the first affected slice"
+    options_model = SisaOptions
 
     def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
         run: SisaRun = ctx.artifact
+        opts = ctx.options_as(SisaOptions)
         sisa, training = run.sisa, run.spec.training
         assignment = run.assignment
         checkpoints = ctx.ledger.checkpoints or {}
@@ -79,7 +93,7 @@ class SisaMethod(UnlearningMethod):
         full_cost = full_training_cost(
             assignment, shards=sisa.shards, slices=sisa.slices, epochs=training.epochs, exclude=exclude
         )
-        model = run.model_with(ensemble_state(members), ctx.options.aggregation)
+        model = run.model_with(ensemble_state(members), opts.aggregation)
         return UnlearnOutcome(
             model=model.cpu(),
             unlearn_seconds=seconds,
@@ -93,6 +107,6 @@ class SisaMethod(UnlearningMethod):
                 "samples_processed": processed,
                 "full_retrain_samples": full_cost,
                 "cost_vs_full_retrain": processed / full_cost if full_cost else 0.0,
-                "aggregation": ctx.options.aggregation or sisa.aggregation,
+                "aggregation": opts.aggregation or sisa.aggregation,
             },
         )

@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from unlearning_core.recording import PruneSchedule, UpdateFormat
+from unlearning_core.recording.masks import MaskKind
 from unlearning_core.store import BlobRef
+from unlearning_core.vocab import RecordMode, TrainingMethod
 
 
 class BlobPointer(BaseModel):
@@ -54,8 +56,8 @@ class TrainingSpec(BaseModel):
 
 
 class RecordingSpec(BaseModel):
-    mode: str  # none | full | partial
-    mask: str = "random"  # random | magnitude
+    mode: RecordMode
+    mask: MaskKind = "random"
     mask_seed: int = 0
     prune_first: float = 0.0
     prune_last: float = 0.0
@@ -70,8 +72,8 @@ class RecordingSpec(BaseModel):
             else dict.fromkeys(names, 0.0)
         )
         return UpdateFormat(
-            mode=self.mode,  # type: ignore[arg-type]
-            mask=self.mask,  # type: ignore[arg-type]
+            mode=self.mode,
+            mask=self.mask,
             mask_seed=self.mask_seed,
             dtype=self.dtype,
             shares=shares,
@@ -101,7 +103,7 @@ class RunSpec(BaseModel):
     """Contents of ``runs/<run_id>/run.json``."""
 
     format: int = 1
-    method: str = "amnesiac"  # training method: plain | amnesiac | partial-amnesiac | sisa
+    method: TrainingMethod = TrainingMethod.AMNESIAC  # what the run prepares for
     run_id: str
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     model: str

@@ -7,7 +7,6 @@ import json
 import torch
 
 from unlearning_core.data import Dataset
-from unlearning_core.errors import RunError
 from unlearning_core.models import create_model
 from unlearning_core.recording import UpdateRecorder, float_state
 from unlearning_core.report.timeline import TimelineProbe, auto_every, training_observer
@@ -25,6 +24,7 @@ from unlearning_core.runs.spec import (
 from unlearning_core.store import BlobStore
 from unlearning_core.training.batching import concentration_of, plan_batches
 from unlearning_core.training.loop import OptimConfig, train_plan
+from unlearning_core.vocab import METHOD_OF_RECORD
 from unlearning_core.weights import save_state
 
 
@@ -92,7 +92,7 @@ def train_run(
         else None
     )
     spec = RunSpec(
-        method={"none": "plain", "full": "amnesiac", "partial": "partial-amnesiac"}[recording.mode],
+        method=METHOD_OF_RECORD[recording.mode],
         run_id=run_id,
         model=model_name,
         num_classes=dataset.num_classes,
