@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import torch
 
+from unlearning_core.metrics.registry import MetricContext, register_metric
 from unlearning_core.recording.masks import layer_of, layer_order
 
 
@@ -36,3 +37,14 @@ def layer_distance(
         if layer in to_retrained:
             result[layer]["retrained"] = to_retrained[layer]
     return result
+
+
+@register_metric(
+    "layer_distance", label="Layer distance (L2)", direction=None, kind="per_layer",
+    needs=("original_state",),
+)
+def _layer_distance(ctx: MetricContext) -> dict[str, dict[str, float]]:
+    """Per-layer L2 to the trained model and, when known, to the retrained one (the report
+    draws it as a figure rather than a table row)."""
+    assert ctx.original_state is not None
+    return layer_distance(ctx.state, ctx.original_state, ctx.retrained_state)

@@ -1,19 +1,17 @@
-"""The full efficacy report of one candidate model, with DESIGN.md's metric names."""
+"""The full efficacy report of one candidate model, with DESIGN.md's metric names: the
+registered metrics computed from one shared set of outputs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from unlearning_core.data import Dataset
-from unlearning_core.metrics.classification import accuracy, macro_f1, per_class_accuracy
-from unlearning_core.metrics.distance import layer_distance
-from unlearning_core.metrics.mia import mia_auc, mia_efficacy
 from unlearning_core.metrics.outputs import Outputs, collect_outputs
-from unlearning_core.metrics.relearn import relearn_steps
+from unlearning_core.metrics.registry import MetricContext, compute_metrics
 from unlearning_core.training.loop import OptimConfig
 
 
@@ -57,34 +55,28 @@ def evaluate_unlearning(
     relearn_max_steps: int = 100,
     max_retain: int | None = 10_000,
     seed: int = 0,
+    shadow_models: Sequence[torch.nn.Module] | None = None,
+    names: Collection[str] | None = None,
+    expensive: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` after forgetting ``forget_positions`` of ``dataset.train``.
+    """Metrics of ``model`` after forgetting ``forget_positions`` of ``dataset.train``: every
+    registered metric (:mod:`unlearning_core.metrics.registry`) whose inputs are given.
 
     The retain set is subsampled (seeded) to ``max_retain`` samples for speed; accuracy on
-    it is then an unbiased estimate. ``relearn_steps`` is measured only when the original
-    model's forget accuracy (the target) and an optimizer config are given.
+    it is then an unbiased estimate. ``layer_distance`` needs ``original_state``;
+    ``relearn_steps`` the original model's forget accuracy (the target) and an optimizer
+    config; ``mia_auc_lira`` shadow models trained without the forget and test sets.
+    ``names`` computes only those metrics, ``expensive=False`` skips the ones that train.
     """
     forget, retain, test = split_outputs(
         model, dataset, forget_positions, device=device, max_retain=max_retain, seed=seed
     )
-    metrics: dict[str, Any] = {
-        "forget_acc": accuracy(forget),
-        "retain_acc": accuracy(retain),
-        "test_acc": accuracy(test),
-        "per_class_acc": per_class_accuracy(test, dataset.num_classes),
-        "macro_f1": macro_f1(test, dataset.num_classes),
-        "mia_auc": mia_auc(forget, test),
-        "mia_efficacy": mia_efficacy(retain, test, forget, seed=seed),
-    }
-    state = model.state_dict()
-    if original_state is not None:
-        metrics["layer_distance"] = layer_distance(state, original_state, retrained_state)
-    if relearn is not None and original_forget_acc is not None:
-        steps, reached = relearn_steps(
-            model, dataset.train.subset(forget_positions), target_acc=original_forget_acc,
-            optim=relearn, batch_size=relearn_batch_size, device=device,
-            max_steps=relearn_max_steps, seed=seed,
-        )
-        metrics["relearn_steps"] = steps
-        metrics["relearn_reached"] = reached
-    return metrics
+    ctx = MetricContext(
+        model=model, dataset=dataset, forget_positions=forget_positions, forget=forget,
+        retain=retain, test=test, device=device, seed=seed, original_state=original_state,
+        retrained_state=retrained_state, original_forget_acc=original_forget_acc, relearn=relearn,
+        relearn_batch_size=relearn_batch_size, relearn_max_steps=relearn_max_steps,
+        shadow_models=shadow_models, options=options or {},
+    )
+    return compute_metrics(ctx, names=names, expensive=expensive)

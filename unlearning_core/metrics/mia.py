@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from unlearning_core.metrics.outputs import Outputs
+from unlearning_core.metrics.registry import MetricContext, register_metric
 
 
 def mia_auc(forget: Outputs, test: Outputs) -> float | None:
@@ -48,3 +49,20 @@ def mia_efficacy(retain: Outputs, test: Outputs, forget: Outputs, *, seed: int =
     attack = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     attack.fit(x, y)
     return float((attack.predict(_features(forget)) == 0).mean())
+
+
+@register_metric(
+    "mia_auc", label="MIA AUC (loss)", direction="retrain",
+    show=("version", "chart", "report", "compare", "gap"),
+)
+def _mia_auc(ctx: MetricContext) -> float | None:
+    """Loss-threshold attack AUC, forget vs unseen test samples (0.5 = indistinguishable)."""
+    return mia_auc(ctx.forget, ctx.test)
+
+
+@register_metric(
+    "mia_efficacy", label="MIA efficacy", direction="retrain", show=("version", "report", "compare", "gap")
+)
+def _mia_efficacy(ctx: MetricContext) -> float | None:
+    """Share of forget samples a retain-vs-test attack calls non-members."""
+    return mia_efficacy(ctx.retain, ctx.test, ctx.forget, seed=ctx.seed)

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from unlearning_core.metrics.outputs import Outputs
+from unlearning_core.metrics.outputs import Outputs, collect_outputs
+from unlearning_core.metrics.registry import MetricContext, register_metric
 
 #: Floor of the per-example standard deviation, so an example on which every shadow agrees
 #: (often a saturated one) does not get an infinite score from a tiny difference.
@@ -96,3 +97,19 @@ def mia_auc_lira(
     pos = lira_scores(logit_confidence(forget), [logit_confidence(s) for s in shadow_forget])
     neg = lira_scores(logit_confidence(test), [logit_confidence(s) for s in shadow_test])
     return _auc(pos, neg)
+
+
+@register_metric(
+    "mia_auc_lira", label="MIA AUC (LiRA)", direction="retrain", needs=("shadow_models",),
+    show=("report", "compare"),
+)
+def _mia_auc_lira(ctx: MetricContext) -> float | None:
+    """Offline LiRA AUC, forget vs test samples, against the context's OUT shadow models
+    (computed only when the caller trained some: they must never have seen either set)."""
+    shadows = ctx.shadow_models or ()
+    forget = ctx.forget_samples
+    return mia_auc_lira(
+        ctx.forget, ctx.test,
+        [collect_outputs(m, forget, device=ctx.device) for m in shadows],
+        [collect_outputs(m, ctx.dataset.test, device=ctx.device) for m in shadows],
+    )

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from unlearning_core.data import SampleSet
 from unlearning_core.metrics.classification import accuracy
 from unlearning_core.metrics.outputs import collect_outputs
+from unlearning_core.metrics.registry import MetricContext, register_metric
 from unlearning_core.training.loop import OptimConfig
 
 
@@ -48,3 +49,34 @@ def relearn_steps(
         if (accuracy(collect_outputs(probe, forget, device=device)) or 0.0) >= target_acc:
             return step, True
     return max_steps, False
+
+
+def _relearn(ctx: MetricContext) -> tuple[int, bool]:
+    """One probe for both registered values (it trains: never run it twice per model)."""
+    assert ctx.original_forget_acc is not None and ctx.relearn is not None
+    return ctx.memo(
+        "relearn",
+        lambda: relearn_steps(
+            ctx.model, ctx.forget_samples, target_acc=ctx.original_forget_acc, optim=ctx.relearn,
+            batch_size=ctx.relearn_batch_size, device=ctx.device, max_steps=ctx.relearn_max_steps,
+            seed=ctx.seed,
+        ),
+    )
+
+
+@register_metric(
+    "relearn_steps", label="Relearn steps", direction="higher", fmt="d", cost="expensive",
+    needs=("original_forget_acc", "relearn"),
+)
+def _relearn_steps(ctx: MetricContext) -> int:
+    """Fine-tuning steps on the forget set until it is back to the trained model's accuracy."""
+    return _relearn(ctx)[0]
+
+
+@register_metric(
+    "relearn_reached", label="Relearn target reached", direction=None, kind="flag", cost="expensive",
+    needs=("original_forget_acc", "relearn"),
+)
+def _relearn_reached(ctx: MetricContext) -> bool:
+    """Whether ``relearn_steps`` reached the target within its step budget."""
+    return _relearn(ctx)[1]

@@ -16,7 +16,7 @@ import torch
 
 from unlearning_core.errors import RunError
 from unlearning_core.methods.base import get_method
-from unlearning_core.metrics import evaluate_unlearning
+from unlearning_core.metrics import MetricNames, evaluate_unlearning, get_metric
 from unlearning_core.report import figures
 from unlearning_core.report.gradcam import GradCamError, build_panel
 from unlearning_core.report.html import b64, render_html, render_pdf
@@ -24,11 +24,8 @@ from unlearning_core.report.records import ErasureRecord, load_record, load_trai
 from unlearning_core.report.timeline import assemble
 from unlearning_core.runs.ledger import Ledger, VersionEntry
 
-#: Rows of the metrics table, in DESIGN.md's names and order.
-METRIC_ROWS = (
-    "forget_acc", "retain_acc", "test_acc", "macro_f1", "mia_auc", "mia_efficacy",
-    "relearn_steps", "unlearn_seconds", "recovery_seconds", "batches_subtracted", "bytes_read",
-)
+#: Rows of the metrics table: the registry's metrics shown on the report, in its order.
+METRIC_ROWS = MetricNames("report")
 
 
 @dataclass(frozen=True)
@@ -83,14 +80,6 @@ def _record(run: Any, number: int) -> ErasureRecord:
             f"({record_key(run.prefix, number)}); it was published before reports existed"
         )
     return record
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
 
 
 def erasure_report(
@@ -190,11 +179,7 @@ def erasure_report(
         "method_summary": impl.summary,
         "recovery_steps": record.recovery_steps,
         "metric_columns": columns,
-        "metric_rows": [
-            {"name": name, "values": [_fmt(m.get(name)) for m in metric_sets]}
-            for name in METRIC_ROWS
-            if any(m.get(name) is not None for m in metric_sets)
-        ],
+        "metric_rows": _metric_rows(metric_sets),
         "figures": {k: b64(v) for k, v in figs.items()},
         "notes": notes,
         "blobs": [
@@ -209,6 +194,20 @@ def erasure_report(
     }
     summary["figures"] = sorted(figs)
     return Report(html=render_html(context), figures=figs, summary=summary)
+
+
+def _metric_rows(metric_sets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per report metric that any column has, labelled and formatted as registered."""
+    rows = []
+    for name in METRIC_ROWS:
+        if all(m.get(name) is None for m in metric_sets):
+            continue
+        spec = get_metric(name)
+        rows.append({
+            "name": name, "label": spec.label, "better": spec.better,
+            "values": [spec.format(m.get(name)) for m in metric_sets],
+        })
+    return rows
 
 
 def _jsonable(value: Any) -> Any:

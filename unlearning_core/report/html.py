@@ -43,10 +43,11 @@ version {{ r.version }} (parent {{ r.parent }}) published {{ r.created_at }}.</p
 </table></section>
 
 <section id="metrics"><h2>Efficacy metrics</h2>
-<table><tr><th>metric</th>{% for h in r.metric_columns %}<th>{{ h }}</th>{% endfor %}</tr>
-{% for row in r.metric_rows %}<tr><td>{{ row.name }}</td>{% for v in row["values"] %}<td class="num">{{ v }}</td>{% endfor %}</tr>{% endfor %}
+<table><tr><th>metric</th>{% for h in r.metric_columns %}<th>{{ h }}</th>{% endfor %}<th>better</th></tr>
+{% for row in r.metric_rows %}<tr><td>{{ row.label }} <code>{{ row.name }}</code></td>{% for v in row["values"] %}<td class="num">{{ v }}</td>{% endfor %}<td class="note">{{ row.better }}</td></tr>{% endfor %}
 </table>
 <p class="note">forget/retain/test accuracy are fractions; mia_auc 0.5 means forget samples look like unseen data;
+"closer to retrain" means the value of a model retrained without the forget set is the target;
 the previous column is the parent version measured on this version's forget set.</p></section>
 
 <section id="layer-distance"><h2>Layer-wise distance</h2>
