@@ -41,7 +41,7 @@ from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 from unlearning_core.data import load_dataset
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import apply_method
-from unlearning_core.runs.artifact import open_artifact
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
 from unlearning_core.store import BlobStore, LocalBlobStore, S3BlobStore
@@ -399,10 +399,10 @@ async def test_end_to_end_train_and_erase_through_a_worker(
     )
 
     # duplicated and redelivered messages for a finished job are harmless
-    from worker.enqueue import enqueue_jobs
+    from api import wake
 
     job_id = db_session.scalar(select(RequestJob.id).where(RequestJob.request_id == rid))
-    assert enqueue_jobs([job_id] * 3) == 3
+    assert wake.send(wake.PROCESS_JOB, [(job_id,)] * 3) == 3
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and worker.log().count(f"job {job_id}: skipped") < 3:
         await asyncio.sleep(0.1)
@@ -815,9 +815,9 @@ async def test_abandoned_job_is_requeued_claimed_again_and_the_old_attempt_disca
     newest = flows.claim(session_factory=sf, job_id=job_id, device=CPU)
     assert newest is not None and newest.attempt == 3
     # the zombie attempts finish late: their results are discarded, nothing published
-    assert flows.run_claimed(session_factory=sf, store=store, claim=old, device=CPU) is False
+    assert flows.run_claimed(session_factory=sf, store=store, claim=old, device=CPU) == "discarded"
     assert db_session.scalar(select(func.count(ModelVersion.id))) == 1
-    assert flows.run_claimed(session_factory=sf, store=store, claim=newest, device=CPU) is True
+    assert flows.run_claimed(session_factory=sf, store=store, claim=newest, device=CPU) == "completed"
     db_session.expire_all()
     assert db_session.scalar(select(func.count(ModelVersion.id))) == 2
     assert [v["version"] for v in ledger_of(db_session, "small")["versions"]] == [0, 1]

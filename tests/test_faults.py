@@ -419,7 +419,7 @@ def blob_needed_by(lane: Lane, subject: int, model: str) -> tuple[str, bytes]:
     lineage has not subtracted yet)."""
     from api.blobs import get_store
     from unlearning_core.forget import ForgetSpec
-    from unlearning_core.runs.artifact import open_artifact
+    from unlearning_core.artifacts import open_artifact
 
     store = get_store()
     run = open_artifact(store, DATA_FAULT_MODELS[model])

@@ -22,12 +22,11 @@ from unlearning_core.cli.main import app
 from unlearning_core.data import load_dataset
 from unlearning_core.errors import RunError
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.methods import UnlearnOptions
 from unlearning_core.models import create_model
 from unlearning_core.report.build import erasure_report
 from unlearning_core.report.gradcam import GradCamError, find_target_layer, grad_cam
 from unlearning_core.report.records import load_record, load_training_timeline
-from unlearning_core.runs.artifact import open_artifact
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
 from unlearning_core.store import LocalBlobStore
@@ -151,7 +150,7 @@ def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         train_digits(store, run_id)
         pipeline.unlearn(
             store, run_id=run_id, method=method, forget=ForgetSpec(classes=(3,)),
-            options=UnlearnOptions(recovery_steps=5), device=CPU,
+            method_options={"recovery_steps": 5}, device=CPU,
         )
     return root
 

@@ -9,10 +9,9 @@ import torch
 from unlearning_core.data import Dataset, load_dataset
 from unlearning_core.errors import MethodError
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.methods import UnlearnOptions
 from unlearning_core.metrics import accuracy, collect_outputs
 from unlearning_core.pipeline import apply_method, unlearn
-from unlearning_core.runs.artifact import open_artifact
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.spec import DatasetSpec, SisaSpec, TrainingSpec
 from unlearning_core.sisa.artifact import SisaRun
 from unlearning_core.sisa.assignment import assign
@@ -104,7 +103,7 @@ def test_both_aggregations_work_and_forget_a_class(sisa_run: SisaRun) -> None:
     data = sisa_run.dataset()
     results = {
         agg: unlearn(sisa_run.store, run_id="sisa", method="sisa", forget=ForgetSpec(classes=(3,)), device=CPU,
-                     publish=False, options=UnlearnOptions(aggregation=agg))
+                     publish=False, method_options={"aggregation": agg})
         for agg in ("vote", "softmax")
     }
     for agg, out in results.items():

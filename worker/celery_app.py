@@ -28,38 +28,27 @@ the device and queue defaults.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutting_down
 
 from api.config import Settings, get_settings
+from api.wake import CPU_QUEUE, queue_of
 
 log = logging.getLogger("lethe.celery")
-
-CPU_QUEUE = "cpu"
-GPU_QUEUE = "gpu"
-PROCESS_JOB = "lethe.process_job"
-TRAIN_RUN = "lethe.train_run"
-TRAIN_SISA_SHARD = "lethe.train_sisa_shard"
-DISPATCH = "lethe.dispatch"
-#: Tasks that use the worker's device (routed to ``LETHE_WORK_QUEUE``).
-DEVICE_TASKS = frozenset({PROCESS_JOB, TRAIN_RUN, TRAIN_SISA_SHARD})
 
 
 def route_task(
     name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
 ) -> dict:
     """Celery router: device work to the configured work queue, the rest to ``cpu``."""
-    if name in DEVICE_TASKS:
-        return {"queue": get_settings().work_queue}
-    return {"queue": CPU_QUEUE}
+    return {"queue": queue_of(name)}
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
     """A Celery app for ``settings.broker_url`` (``memory://`` when unset: embedded mode
-    sends nothing; see :mod:`worker.enqueue`)."""
+    sends nothing; see :mod:`api.wake`, which sends the tasks)."""
     s = settings or get_settings()
     app = Celery("lethe", broker=s.broker_url or "memory://", include=["worker.tasks"])
     app.conf.update(
@@ -98,12 +87,6 @@ def create_celery(settings: Settings | None = None) -> Celery:
 app = create_celery()
 
 
-@lru_cache
-def producer(broker_url: str) -> Celery:
-    """An app that only sends (the API process, the dispatcher), one per broker URL."""
-    return create_celery(get_settings().model_copy(update={"broker_url": broker_url}))
-
-
 # --- worker process hooks (they fire only inside a Celery worker) ----------------------
 
 _dispatcher: Any = None
@@ -133,7 +116,7 @@ def _start_dispatcher(sender: Any = None, **_kw: Any) -> None:
     if interval <= 0:
         log.info("dispatcher off (LETHE_DISPATCH_INTERVAL_SECONDS=0)")
         return
-    _dispatcher = Dispatcher(interval=interval)
+    _dispatcher = Dispatcher(interval=interval, app=app)
     _dispatcher.start()
 
 

@@ -31,9 +31,11 @@ from typing import Any
 
 from sqlalchemy import text
 
+from api import wake
 from api.config import get_settings
 from api.database.core import get_engine, get_sessionmaker, utcnow
-from worker.enqueue import enqueue_jobs, enqueue_training
+from api.erasure import flows as erasure
+from api.registry import flows as registry
 
 log = logging.getLogger("lethe.dispatch")
 
@@ -68,15 +70,16 @@ def queue_depth(app: Any, queue: str) -> int | None:
         return None
 
 
-def dispatch_once(app: Any = None) -> dict[str, int]:
-    """One dispatch round (see the module doc); counts of what it did."""
-    from api.erasure import flows as erasure
-    from api.registry import flows as registry
+def enqueue_jobs(job_ids: list[int], *, app: Any) -> int:
+    return wake.send(wake.PROCESS_JOB, [(j,) for j in job_ids], app=app)
 
-    if app is None:
-        from worker.celery_app import app as default_app
 
-        app = default_app
+def enqueue_training(run_pks: list[int], *, app: Any) -> int:
+    return wake.send(wake.TRAIN_RUN, [(r,) for r in run_pks], app=app)
+
+
+def dispatch_once(app: Any) -> dict[str, int]:
+    """One dispatch round (see the module doc) with ``app``'s broker; counts of what it did."""
     settings = get_settings()
     session_factory = get_sessionmaker()
     report = {"requeued_jobs": 0, "requeued_runs": 0, "enqueued_jobs": 0, "enqueued_runs": 0}
@@ -128,7 +131,7 @@ def dispatch_once(app: Any = None) -> dict[str, int]:
 class Dispatcher:
     """A daemon thread running :func:`dispatch_once` at once and then every ``interval``."""
 
-    def __init__(self, *, interval: float, app: Any = None) -> None:
+    def __init__(self, *, interval: float, app: Any) -> None:
         self.interval = interval
         self.app = app
         self._stop = threading.Event()

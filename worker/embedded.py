@@ -3,13 +3,11 @@ polls the database for queued work, so no broker server is needed.
 
 The database is the queue: a request's jobs are rows, and whatever is ``queued`` when the
 worker looks is done, oldest first, one at a time (so filing a request while the worker is
-down loses nothing). Each poll also trains queued models (``api.registry.flows``), when
-that module is present.
+down loses nothing). Each poll also trains queued models (:mod:`api.registry.flows`).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from collections.abc import Callable
@@ -19,6 +17,7 @@ import torch
 from sqlalchemy.orm import Session
 
 from api.erasure import flows
+from api.registry import flows as training
 from unlearning_core.store import BlobStore
 
 log = logging.getLogger("lethe.worker")
@@ -42,24 +41,13 @@ def process_pending(
         job_id = flows.next_queued_job(session_factory=session_factory, exclude=skipped)
         if job_id is None:
             break
-        taken = flows.claim(session_factory=session_factory, job_id=job_id, device=device)
-        if taken is None:  # another worker has it, or it stopped being workable
+        claim = flows.claim(session_factory=session_factory, job_id=job_id, device=device)
+        if claim is None:  # another worker has it, or it stopped being workable
             skipped.add(job_id)
             continue
-        flows.run_claimed(session_factory=session_factory, store=store, claim=taken, device=device)
+        flows.run_claimed(session_factory=session_factory, store=store, claim=claim, device=device)
         done += 1
     return done
-
-
-def _optional(module: str, name: str) -> Callable[..., Any] | None:
-    """``module.name`` if the module exists (the training flow is another domain's)."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module.startswith(exc.name):
-            return None
-        raise
-    return getattr(mod, name, None)
 
 
 class EmbeddedWorker:
@@ -92,9 +80,7 @@ class EmbeddedWorker:
         # This worker is the deployment's only one: whatever is "running" was lost with a
         # previous process. Put it back in the queue (the ledger makes redoing it safe).
         requeued = flows.requeue_interrupted(session_factory=session_factory)
-        requeue_training = _optional("api.registry.flows", "requeue_interrupted_training")
-        if requeue_training is not None:
-            requeued += requeue_training(session_factory=session_factory)
+        requeued += training.requeue_interrupted_training(session_factory=session_factory)
         if requeued:
             log.warning("re-queued %d job(s) interrupted by a previous shutdown", requeued)
         self._stop.clear()
@@ -122,9 +108,10 @@ class EmbeddedWorker:
             session_factory=session_factory, store=store, device=device, limit=1
         ):
             n += 1
-        train = _optional("api.registry.flows", "process_pending_training")
-        if train is not None and not self._stop.is_set():
-            n += train(session_factory=session_factory, store=store, device=device)
+        if not self._stop.is_set():
+            n += training.process_pending_training(
+                session_factory=session_factory, store=store, device=device
+            )
         self.processed += n
         return n
 

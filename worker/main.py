@@ -23,7 +23,7 @@ POOLS = ("solo", "prefork", "threads")
 
 def default_queues(device: str, pool: str) -> list[str]:
     """A GPU worker consumes ``gpu`` and ``cpu``; a CPU worker ``cpu`` only."""
-    from worker.celery_app import CPU_QUEUE, GPU_QUEUE
+    from api.wake import CPU_QUEUE, GPU_QUEUE
 
     cuda = device.startswith("cuda")
     if device in ("", "auto") and pool == "solo":  # the worker process is the one using it

@@ -15,11 +15,11 @@ fresh heartbeat in another worker, or locked by another worker's claim, and exit
 (``skipped``). The database, not the message, decides what runs: a version is published
 only by the attempt that holds the job, under the lineage's row lock.
 
-Transient faults (:data:`api.errors.TRANSIENT_ERRORS`: database or blob store unreachable)
-are retried with exponential backoff (1, 2, 4, 8, 16 s, jittered, at most 60 s;
-``LETHE_TASK_MAX_RETRIES``, 5). While a retry is pending the job is back in ``queued``;
-on the last try the fault fails the job like any other error: readable message on job and
-request, audit events, and ``POST /admin/requests/{id}/retry`` queues it again.
+Transient faults are retried with the job lease's policy (:mod:`api.jobs.policy`:
+exponential backoff 1, 2, 4, 8, 16 s, jittered, at most 60 s; ``LETHE_TASK_MAX_RETRIES``,
+5). While a retry is pending the job is back in ``queued``; on the last try the fault fails
+the job like any other error: readable message on job and request, audit events, and
+``POST /admin/requests/{id}/retry`` queues it again.
 """
 
 from __future__ import annotations
@@ -33,22 +33,18 @@ import torch
 # Imported when the worker starts (not on its first task), so that a task claims its job
 # within milliseconds of delivery and every table is mapped before the first flush.
 import api.database.all_models  # noqa: F401
+from api import wake
 from api.config import get_settings
 from api.erasure import flows as erasure_flows
-from api.errors import TRANSIENT_ERRORS
+from api.jobs.policy import celery_retry_options
 from api.observability.context import log_context
 from api.registry import flows as registry_flows
-from worker.celery_app import DISPATCH, PROCESS_JOB, TRAIN_RUN, TRAIN_SISA_SHARD, app
+from worker.celery_app import app
+from worker.dispatch import dispatch_once
 
 log = logging.getLogger("lethe.tasks")
 
-RETRY = {
-    "autoretry_for": TRANSIENT_ERRORS,
-    "retry_backoff": True,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": get_settings().task_max_retries,
-}
+RETRY = celery_retry_options()
 
 
 @lru_cache
@@ -67,7 +63,7 @@ def _resources():  # type: ignore[no-untyped-def]
     return get_sessionmaker(), get_store()
 
 
-@app.task(name=PROCESS_JOB, bind=True, **RETRY)
+@app.task(name=wake.PROCESS_JOB, bind=True, **RETRY)
 def process_job(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
     """Do erasure job ``job_id`` on this worker's device; ``completed``/``failed``/``skipped``."""
     session_factory, store = _resources()
@@ -92,22 +88,21 @@ def process_job(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
     return outcome
 
 
-@app.task(name=TRAIN_RUN, bind=True, **RETRY)
+@app.task(name=wake.TRAIN_RUN, bind=True, **RETRY)
 def train_run(self, run_pk: int) -> str:  # type: ignore[no-untyped-def]
     """Train queued (or abandoned) training run ``run_pk`` and publish version 0."""
     session_factory, store = _resources()
-    if registry_flows.claim(session_factory=session_factory, run_pk=int(run_pk)) is None:
+    token = registry_flows.claim(session_factory=session_factory, run_pk=int(run_pk))
+    if token is None:
         return "skipped"
     retry = self.request.retries < self.max_retries
     if get_settings().broker_url:
-        from worker.enqueue import enqueue_sisa_shard
-
         fanned = registry_flows.fan_out_sisa_training(
             session_factory=session_factory,
             store=store,
             device=worker_device(),
-            run_pk=int(run_pk),
-            send=lambda pk, shard: enqueue_sisa_shard(pk, shard, app=self.app),
+            token=token,
+            send=lambda pk, shard: wake.send_one(wake.TRAIN_SISA_SHARD, pk, shard, app=self.app),
             retry_transient=retry,
         )
         if fanned is not None:
@@ -116,13 +111,13 @@ def train_run(self, run_pk: int) -> str:  # type: ignore[no-untyped-def]
         session_factory=session_factory,
         store=store,
         device=worker_device(),
-        run_pk=int(run_pk),
-        retry_transient=self.request.retries < self.max_retries,
+        token=token,
+        retry_transient=retry,
     )
     return "completed" if ok else "failed"
 
 
-@app.task(name=TRAIN_SISA_SHARD, bind=True, **RETRY)
+@app.task(name=wake.TRAIN_SISA_SHARD, bind=True, **RETRY)
 def train_sisa_shard(self, run_pk: int, shard: int) -> str:  # type: ignore[no-untyped-def]
     """Train one shard of fanned-out SISA run ``run_pk``; the last one publishes version 0."""
     session_factory, store = _resources()
@@ -147,9 +142,7 @@ def train_sisa_shard(self, run_pk: int, shard: int) -> str:  # type: ignore[no-u
     return outcome
 
 
-@app.task(name=DISPATCH, **RETRY)
+@app.task(name=wake.DISPATCH, **RETRY)
 def dispatch() -> dict[str, int]:
     """Re-enqueue pending and abandoned work (what every worker's dispatcher thread does)."""
-    from worker.dispatch import dispatch_once
-
     return dispatch_once(app)

@@ -16,18 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit
 from api.datasets.config import upload_dir
+from api.database.core import utcnow
 from api.datasets.models import Dataset, Sample
 from api.errors import ConflictError, NotFoundError
 from unlearning_core.data import DATASET_NAMES, load_dataset
 from unlearning_core.data.sampleset import Dataset as LoadedDataset
 from unlearning_core.errors import DatasetError
 from unlearning_core.runs.spec import DatasetSpec
+from unlearning_core.store import BlobStore
 
 
 @dataclass(frozen=True)
@@ -248,3 +250,39 @@ def register_upload(
             raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def tombstone(
+    *, db: Session, store: BlobStore, samples: dict[int, set[str]], request_id: str
+) -> int:
+    """Mark ``samples`` (sample ids per dataset id) erased by ``request_id`` in the caller's
+    transaction (the first erasure of a sample wins) and delete their raw blobs where Lethe
+    stored them; returns how many samples were newly erased. The tombstone keeps them out
+    of any later training."""
+    now = utcnow()
+    erased = 0
+    for dataset_id, sample_ids in samples.items():
+        ids = sorted(sample_ids)
+        for start in range(0, len(ids), 5000):
+            chunk = ids[start : start + 5000]
+            for sample in db.scalars(
+                select(Sample).where(
+                    Sample.dataset_id == dataset_id,
+                    Sample.sample_id.in_(chunk),
+                    Sample.raw_blob_key.is_not(None),
+                )
+            ):
+                store.delete(sample.raw_blob_key)  # idempotent; before commit, so never left behind
+                sample.raw_blob_key = None
+            result = db.execute(
+                update(Sample)
+                .where(
+                    Sample.dataset_id == dataset_id,
+                    Sample.sample_id.in_(chunk),
+                    Sample.erased_at.is_(None),
+                )
+                .values(erased_at=now, erased_by_request=request_id)
+                .execution_options(synchronize_session=False)
+            )
+            erased += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return erased

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api import wake
 from api.audit.models import AuditEvent
 from api.audit.service import events_for_request
 from api.auth.dependencies import Principal
@@ -38,7 +39,7 @@ from api.erasure.states import FINAL, JobStatus, RequestStatus
 from api.errors import ConflictError, NotFoundError
 from api.registry.models import Model, ModelVersion
 from unlearning_core.errors import ForgetSetError, MethodError
-from unlearning_core.methods import get_method
+from unlearning_core.methods import OptionError, get_method, validate_options
 
 S = RequestStatus
 
@@ -55,6 +56,9 @@ class Target:
     model: Model
     method: str
     sample_ids: list[str]
+    #: The request's method options validated against ``method`` (defaults filled in);
+    #: None when the request named none.
+    method_options: dict[str, Any] | None = None
 
 
 def _few(values: Sequence[str], n: int = 3) -> str:
@@ -68,7 +72,9 @@ def resolve_targets(*, db: Session, body: ErasureRequestCreate) -> list[Target]:
     Reads only. Erased samples count (a repeated request is answered, not refused). Raises
     :class:`NotFoundError` for unknown models, :class:`ConflictError` for models not ready,
     :class:`ForgetSetError` (422) when the subject or sample ids are not in the training
-    data, :class:`MethodError` (422) when the method cannot unlearn a model.
+    data, :class:`MethodError` (422) when the method cannot unlearn a model or refuses the
+    request's ``method_options`` (checked per target: without ``method``, each model's own
+    default method must accept them).
     """
     if body.models:
         rows = {m.name: m for m in db.scalars(select(Model).where(Model.name.in_(body.models)))}
@@ -133,9 +139,16 @@ def resolve_targets(*, db: Session, body: ErasureRequestCreate) -> list[Target]:
         if model.method not in impl.trained_with:
             raise MethodError(
                 f"method {method!r} cannot unlearn model {model.name!r}, which was trained with "
-                f"{model.method!r}; it needs a model trained with {' or '.join(map(repr, impl.trained_with))}"
+                f"{model.method!r}; it needs a model trained with {' or '.join(repr(str(t)) for t in impl.trained_with)}"
             )
-        targets.append(Target(model=model, method=method, sample_ids=ids))
+        options = None
+        if body.method_options is not None:
+            try:
+                options = validate_options(impl, body.method_options).model_dump(mode="json")
+            except OptionError as exc:
+                whose = "" if body.method else f" (the default method of model {model.name!r})"
+                raise OptionError(f"{exc}{whose}", method=exc.method, options=exc.options) from None
+        targets.append(Target(model=model, method=method, sample_ids=ids, method_options=options))
     return targets
 
 
@@ -202,6 +215,11 @@ def create(
                 "sample_ids": len(request.sample_ids),
                 "models": [t.model.name for t in targets],
                 "method": body.method,
+                "method_options": (
+                    {t.model.name: t.method_options for t in targets}
+                    if body.method_options is not None
+                    else None
+                ),
                 "due_at": request.due_at.isoformat(),
             },
         )
@@ -211,6 +229,7 @@ def create(
                     request_id=request.id,
                     model_id=t.model.id,
                     method=t.method,
+                    method_options=t.method_options,
                     status=JobStatus.PENDING if held else JobStatus.QUEUED,
                     progress=0.0,
                     sample_ids=t.sample_ids,
@@ -230,6 +249,9 @@ def create(
                 ]
             },
         )
+        if not held:  # the message leaves once the request is committed (best effort)
+            db.flush()
+            wake.after_commit(db, wake.PROCESS_JOB, queued_job_ids(db=db, request_id=request.id))
         db.commit()
     except IntegrityError:
         db.rollback()
@@ -247,6 +269,18 @@ def create(
 # ---------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------
+
+
+def queued_job_ids(*, db: Session, request_id: str) -> list[int]:
+    """The request's queued jobs, in order (the ones a worker is woken for)."""
+    return list(
+        db.scalars(
+            select(RequestJob.id)
+            .where(RequestJob.request_id == request_id, RequestJob.status == JobStatus.QUEUED)
+            .order_by(RequestJob.id)
+        )
+    )
+
 
 
 def is_overdue(request: ErasureRequest, now: datetime | None = None) -> bool:
@@ -282,6 +316,7 @@ def status_of(*, db: Session, request: ErasureRequest) -> RequestStatusOut:
         JobOut(
             model=name,
             method=job.method,
+            method_options=job.method_options,
             status=JobStatus(job.status),
             progress=job.progress,
             step=job.step,
@@ -491,6 +526,8 @@ def _act(
             reason=reason,
             payload={"action": action, "jobs": moved},
         )
+        if jobs_to == JobStatus.QUEUED:  # wake a worker once committed (best effort)
+            wake.after_commit(db, wake.PROCESS_JOB, queued_job_ids(db=db, request_id=request.id))
         db.commit()
     except BaseException:
         db.rollback()

@@ -63,6 +63,7 @@ from api.audit.service import append as audit_append
 from api.database.core import utcnow
 from api.erasure.models import ErasureRequest
 from api.errors import ConflictError
+from api.jobs.states import JobState
 
 
 class RequestStatus(StrEnum):
@@ -76,13 +77,8 @@ class RequestStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-class JobStatus(StrEnum):
-    PENDING = "pending"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+#: A request's per-model jobs move through the states every job kind shares.
+JobStatus = JobState
 
 
 S = RequestStatus

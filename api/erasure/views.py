@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
 
 from api.auth.dependencies import AdminDep, DbDep, RequesterDep
-from api.erasure import flows, service
+from api.erasure import service
 from api.erasure.models import ErasureRequest
 from api.erasure.schemas import (
     ActionBody,
@@ -25,7 +25,6 @@ from api.erasure.schemas import (
     RequestStatusOut,
 )
 from api.erasure.states import RequestStatus
-from worker.enqueue import enqueue_jobs
 
 router = APIRouter(tags=["erasure requests"])
 admin_router = APIRouter(prefix="/admin", tags=["admin"])
@@ -96,8 +95,6 @@ def create_request(
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    elif request.status == RequestStatus.QUEUED:  # committed: wake a worker (best effort)
-        enqueue_jobs(flows.queued_job_ids(db=db, request_id=request.id))
     return ErasureRequestAccepted(
         id=request.id,
         status=RequestStatus(request.status),
@@ -204,7 +201,6 @@ def approve(
     request = service.approve(
         db=db, request_id=request_id, principal=principal, reason=body.reason if body else None
     )
-    enqueue_jobs(flows.queued_job_ids(db=db, request_id=request.id))
     return service.status_of(db=db, request=request)
 
 
@@ -235,7 +231,6 @@ def retry(
     request = service.retry(
         db=db, request_id=request_id, principal=principal, reason=body.reason if body else None
     )
-    enqueue_jobs(flows.queued_job_ids(db=db, request_id=request.id))
     return service.status_of(db=db, request=request)
 
 

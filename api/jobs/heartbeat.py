@@ -5,7 +5,7 @@ from a small daemon thread while the work runs, in its own short transactions, s
 job waiting minutes for a lineage lock or training for an hour stays visibly alive. When
 the worker process dies (kill -9, OOM, lost machine) the thread dies with it; once the
 heartbeat is older than ``LETHE_JOB_STALE_SECONDS`` the job counts as abandoned and may be
-claimed again (see :func:`api.erasure.flows.claim` and :mod:`worker.dispatch`).
+claimed again (see :class:`api.jobs.lease.Lease`).
 """
 
 from __future__ import annotations

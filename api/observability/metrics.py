@@ -116,7 +116,7 @@ class DatabaseCollector(Collector):
                     select(func.count(RequestJob.id)).where(RequestJob.status == JobStatus.RUNNING)
                 )
                 runs_queued = db.scalar(
-                    select(func.count(TrainingRun.id)).where(TrainingRun.status == "queued")
+                    select(func.count(TrainingRun.id)).where(TrainingRun.status == JobStatus.QUEUED)
                 )
         except Exception as exc:  # noqa: BLE001 - a scrape reports, it does not fail
             log.warning("metrics: cannot read the database: %s", exc)

@@ -39,27 +39,29 @@ from datetime import datetime
 from typing import Any
 
 import torch
-from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit
 from api.database.core import utcnow
-from api.database.heartbeat import Heartbeat, stale_before
 from api.datasets import service as datasets
 from api.datasets.models import Dataset
-from api.errors import is_transient
+from api.jobs.lease import Lease, LeaseToken
+from api.jobs.policy import FAILED, execute
+from api.jobs.states import JobState
 from api.registry import service
-from api.registry.models import Model, ModelVersion, TrainingRun
+from api.registry.models import Model, TrainingRun
 from api.registry.schemas import RECORD_OF_METHOD, ModelCreate
 from unlearning_core import pipeline
 from unlearning_core.data import load_dataset
-from unlearning_core.errors import LetheError, RunError
+from unlearning_core.errors import RunError
 from unlearning_core.metrics import accuracy, collect_outputs
-from unlearning_core.runs.artifact import open_artifact, run_prefix
+from unlearning_core.artifacts import open_artifact
+from unlearning_core.runs.artifact import run_prefix
 from unlearning_core.runs.spec import RecordingSpec, RunSpec, SisaSpec, TrainingSpec
 from unlearning_core.sisa import run as sisa_run
 from unlearning_core.store import BlobStore
 from unlearning_core.training.loop import resolve_device
+from unlearning_core.vocab import TrainingMethod
 
 log = logging.getLogger("lethe.registry")
 
@@ -70,51 +72,30 @@ def _device(device: torch.device | str | None) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(device)
 
 
-def _error_text(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, LetheError) else f"{type(exc).__name__}: {exc}"
-    return text[:2000]
+#: The job lease over ``training_runs`` (claim, heartbeat, stale detection, requeue).
+LEASE: Lease[TrainingRun] = Lease(
+    TrainingRun, kind="training run", changed_column=TrainingRun.created_at
+)
 
 
-def _abandoned_clause():  # type: ignore[no-untyped-def]
-    """A running run whose worker stopped beating for the stale period."""
-    return (TrainingRun.status == "running") & (
-        func.coalesce(TrainingRun.heartbeat_at, TrainingRun.created_at) < stale_before()
+def claim(*, session_factory: SessionFactory, run_pk: int | None = None) -> LeaseToken | None:
+    """Take one queued run (the oldest, or ``run_pk``; with ``run_pk`` a run abandoned while
+    ``running`` is taken as well): ``running``, its lease token; None if there is none."""
+    claimed = LEASE.claim(session_factory=session_factory, job_id=run_pk)
+    return claimed if isinstance(claimed, LeaseToken) else None
+
+
+def _on_fail(db: Session, _parent: None, run: TrainingRun) -> None:
+    """A failed run fails its model too, audited ``model.training_failed``."""
+    model = db.get(Model, run.model_id)
+    if model is not None:
+        model.status = "failed"
+    audit(
+        db,
+        "model.training_failed",
+        model_name=model.name if model else None,
+        payload={"run_id": run.run_id, "error": run.error},
     )
-
-
-def claim(*, session_factory: SessionFactory, run_pk: int | None = None) -> int | None:
-    """Move one queued run (the oldest, or ``run_pk``) to ``running``; its primary key, or None.
-
-    With ``run_pk``, a run abandoned while ``running`` (stale heartbeat) is taken as well."""
-    with session_factory() as db:
-        query = select(TrainingRun)
-        if run_pk is not None:
-            query = query.where(
-                TrainingRun.id == run_pk, or_(TrainingRun.status == "queued", _abandoned_clause())
-            )
-        else:
-            query = query.where(TrainingRun.status == "queued")
-        run = db.scalar(query.order_by(TrainingRun.id).limit(1).with_for_update(skip_locked=True))
-        if run is None:
-            return None
-        if run.status == "running":
-            log.warning("training run %s was abandoned by its worker; resuming it", run.run_id)
-        run.status = "running"
-        run.heartbeat_at = utcnow()
-        db.commit()
-        return run.id
-
-
-def _beat(session_factory: SessionFactory, run_pk: int) -> bool:
-    with session_factory() as db:
-        result = db.execute(
-            update(TrainingRun)
-            .where(TrainingRun.id == run_pk, TrainingRun.status == "running")
-            .values(heartbeat_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        db.commit()
-        return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _configs(config: dict[str, Any]) -> tuple[TrainingSpec, RecordingSpec, SisaSpec | None]:
@@ -210,84 +191,41 @@ def _check_samples(store: BlobStore, spec: RunSpec, dataset: Dataset) -> None:
 def _publish(
     *,
     session_factory: SessionFactory,
-    run_pk: int,
+    token: LeaseToken,
     spec: RunSpec,
     ledger: dict[str, Any],
     metrics: dict[str, Any],
 ) -> None:
+    """Version 0, the run ``completed`` with its ledger, the model ``ready``: one transaction,
+    only while this attempt still holds the run (never twice)."""
     with session_factory() as db:
-        run = db.get(TrainingRun, run_pk, with_for_update=True, populate_existing=True)
-        assert run is not None
-        if run.status != "running":  # published by another attempt already: never twice
-            log.warning("training run %s is %s; not publishing it again", run.run_id, run.status)
+        held = LEASE.lock_held(db, token)
+        if held is None:
+            log.warning("training run %s is no longer ours to publish; leaving it", token.job_id)
             return
+        _parent, run = held
         model = db.get(Model, run.model_id)
         assert model is not None
-        weights = spec.trained_weights
-        version = ModelVersion(
-            model_id=model.id,
+        service.publish_version(
+            db=db,
+            model=model,
             number=0,
-            parent_number=None,
+            parent=None,
             method="train",
-            weights_key=weights.key,
-            weights_sha256=weights.sha256,
-            weights_size=weights.size,
+            weights=spec.trained_weights,
             metrics=metrics,
+            event="model.trained",
+            payload={
+                "run_id": run.run_id,
+                "method": model.method,
+                "architecture": model.architecture,
+            },
         )
-        db.add(version)
-        run.status = "completed"
+        run.status = JobState.COMPLETED
         run.error = None
         run.ledger = ledger
         run.finished_at = utcnow()
         model.status = "ready"
-        db.flush()
-        audit(
-            db,
-            "model.trained",
-            model_name=model.name,
-            payload={
-                "run_id": run.run_id,
-                "version": 0,
-                "method": model.method,
-                "architecture": model.architecture,
-                "weights_key": weights.key,
-                "weights_sha256": weights.sha256,
-                "weights_size": weights.size,
-                "metrics": metrics,
-            },
-        )
-        db.commit()
-
-
-def _fail(*, session_factory: SessionFactory, run_pk: int, error: str) -> None:
-    with session_factory() as db:
-        run = db.get(TrainingRun, run_pk, with_for_update=True, populate_existing=True)
-        if run is None or run.status == "completed":
-            return
-        model = db.get(Model, run.model_id)
-        run.status = "failed"
-        run.error = error
-        run.finished_at = utcnow()
-        if model is not None:
-            model.status = "failed"
-        audit(
-            db,
-            "model.training_failed",
-            model_name=model.name if model else None,
-            payload={"run_id": run.run_id, "error": error},
-        )
-        db.commit()
-
-
-def _release(*, session_factory: SessionFactory, run_pk: int, error: str) -> None:
-    """Put a run hit by a transient fault back in the queue (a retry is scheduled)."""
-    with session_factory() as db:
-        run = db.get(TrainingRun, run_pk, with_for_update=True, populate_existing=True)
-        if run is None or run.status != "running":
-            return
-        run.status = "queued"
-        run.error = error
-        run.heartbeat_at = utcnow()
         db.commit()
 
 
@@ -296,16 +234,15 @@ def process_training_run(
     session_factory: SessionFactory,
     store: BlobStore,
     device: torch.device | str | None,
-    run_pk: int,
+    token: LeaseToken,
     retry_transient: bool = False,
 ) -> bool:
-    """Train one claimed (``running``) run and publish version 0; False if it failed.
-
-    With ``retry_transient``, a transient fault puts the run back in the queue and is
-    re-raised (for a Celery retry) instead of failing the run."""
+    """Train one claimed run and publish version 0 under the lease policy
+    (:func:`api.jobs.policy.execute`); False if it failed. With ``retry_transient``, a
+    transient fault puts the run back in the queue and is re-raised (for a Celery retry)."""
     with session_factory() as db:
-        run = db.get(TrainingRun, run_pk)
-        assert run is not None, f"training run {run_pk} vanished"
+        run = db.get(TrainingRun, token.job_id)
+        assert run is not None, f"training run {token.job_id} vanished"
         model = db.get(Model, run.model_id)
         dataset = db.get(Dataset, model.dataset_id) if model else None
         assert model is not None and dataset is not None
@@ -315,32 +252,26 @@ def process_training_run(
     log.info(
         "training %s (model %s, %s on %s)", run_id, model.name, model.architecture, dataset.name
     )
-    try:
-        with Heartbeat(lambda: _beat(session_factory, run_pk), name=f"training-{run_pk}"):
-            _train_and_publish(
-                session_factory=session_factory,
-                store=store,
-                device=device,
-                run_pk=run_pk,
-                run_id=run_id,
-                model=model,
-                dataset=dataset,
-                config=config,
-                erased=erased,
-            )
-    except Exception as exc:  # any failure is the run's, reported on it; the worker goes on
-        if retry_transient and is_transient(exc):
-            log.warning("training run %s hit a transient fault, will retry: %s", run_id, exc)
-            try:
-                _release(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
-            except Exception as again:  # noqa: BLE001 - the database is away too
-                log.warning("could not put run %s back (%s); resumed once stale", run_id, again)
-            raise
-        if not isinstance(exc, LetheError):
-            log.exception("training run %s failed", run_id)
-        else:
-            log.warning("training run %s failed: %s", run_id, exc)
-        _fail(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
+    done = execute(
+        LEASE,
+        session_factory=session_factory,
+        token=token,
+        work=lambda: _train_and_publish(
+            session_factory=session_factory,
+            store=store,
+            device=device,
+            token=token,
+            run_id=run_id,
+            model=model,
+            dataset=dataset,
+            config=config,
+            erased=erased,
+        ),
+        what=f"training run {run_id}",
+        retry_transient=retry_transient,
+        on_fail=_on_fail,
+    )
+    if done is FAILED:
         return False
     log.info("trained %s: model %s version 0 ready", run_id, model.name)
     return True
@@ -351,7 +282,7 @@ def _train_and_publish(
     session_factory: SessionFactory,
     store: BlobStore,
     device: torch.device | str | None,
-    run_pk: int,
+    token: LeaseToken,
     run_id: str,
     model: Model,
     dataset: Dataset,
@@ -359,11 +290,7 @@ def _train_and_publish(
     erased: int,
 ) -> None:
     """Train (or adopt what a dead worker left in the store), check, publish version 0."""
-    if erased:
-        raise RunError(
-            f"dataset {dataset.name!r} has {erased} erased samples; training on it would reintroduce "
-            "erased data (excluding them is not supported yet)"
-        )
+    _refuse_erased(dataset, erased)
     dev = _device(device)
     result = _train_in_store(
         store=store, run_id=run_id, model=model, dataset=dataset, config=config, device=dev
@@ -371,7 +298,7 @@ def _train_and_publish(
     _check_and_publish(
         session_factory=session_factory,
         store=store,
-        run_pk=run_pk,
+        token=token,
         run_id=run_id,
         dataset=dataset,
         result=result,
@@ -382,7 +309,7 @@ def _check_and_publish(
     *,
     session_factory: SessionFactory,
     store: BlobStore,
-    run_pk: int,
+    token: LeaseToken,
     run_id: str,
     dataset: Dataset,
     result: dict[str, Any],
@@ -402,7 +329,7 @@ def _check_and_publish(
     }
     _publish(
         session_factory=session_factory,
-        run_pk=run_pk,
+        token=token,
         spec=spec,
         ledger=ledger,
         metrics=metrics,
@@ -420,12 +347,13 @@ def _sisa_context(session_factory: SessionFactory, run_pk: int) -> dict[str, Any
         model = db.get(Model, run.model_id)
         dataset = db.get(Dataset, model.dataset_id) if model else None
         assert model is not None and dataset is not None
-        if model.method != "sisa" and (run.config or {}).get("method") != "sisa":
+        if model.method != TrainingMethod.SISA and (run.config or {}).get("method") != TrainingMethod.SISA:
             return None
         erased = service.erased_count(db=db, dataset_id=dataset.id)
         out = {
             "run_id": run.run_id,
             "status": run.status,
+            "token": LeaseToken(job_id=run.id, attempt=run.attempts),
             "config": dict(run.config),
             "model": model,
             "dataset": dataset,
@@ -435,19 +363,26 @@ def _sisa_context(session_factory: SessionFactory, run_pk: int) -> dict[str, Any
     return out
 
 
+def _refuse_erased(dataset: Dataset, erased: int) -> None:
+    if erased:
+        raise RunError(
+            f"dataset {dataset.name!r} has {erased} erased samples; training on it would "
+            "reintroduce erased data (excluding them is not supported yet)"
+        )
+
+
 def fan_out_sisa_training(
     *,
     session_factory: SessionFactory,
     store: BlobStore,
     device: torch.device | str | None,
-    run_pk: int,
+    token: LeaseToken,
     send: Callable[[int, int], Any],
     retry_transient: bool = False,
 ) -> str | None:
-    """For a claimed (``running``) SISA run: send one shard task per untrained shard
-    (``send(run_pk, shard)``, e.g. ``lethe.train_sisa_shard``) so several workers train the
-    shards in parallel; None if the run is not SISA (train it with
-    :func:`process_training_run`).
+    """For a claimed SISA run: send one shard task per untrained shard (``send(run_pk,
+    shard)``, e.g. ``lethe.train_sisa_shard``) so several workers train the shards in
+    parallel; None if the run is not SISA (train it with :func:`process_training_run`).
 
     The run stays ``running`` while its shards train: each shard task keeps the run's
     heartbeat fresh while it works (:func:`process_training_shard`), and the shard task
@@ -458,42 +393,43 @@ def fan_out_sisa_training(
     again, and the shards already marked done are not trained again. Returns
     ``"sharded"``, or ``"completed"``/``"failed"`` when nothing was left to fan out (every
     shard already trained: the run is finished here) or the run cannot be trained."""
-    ctx = _sisa_context(session_factory, run_pk)
+    ctx = _sisa_context(session_factory, token.job_id)
     if ctx is None:
         return None
     run_id, dataset = ctx["run_id"], ctx["dataset"]
-    try:
-        if ctx["erased"]:
-            raise RunError(
-                f"dataset {dataset.name!r} has {ctx['erased']} erased samples; training on it would "
-                "reintroduce erased data (excluding them is not supported yet)"
-            )
+
+    def untrained_shards() -> list[int]:
+        _refuse_erased(dataset, ctx["erased"])
         _training, _recording, sisa = _configs(ctx["config"])
         assert sisa is not None
-        missing = (
-            []
-            if store.exists(f"{run_prefix(run_id)}/run.json")
-            else sisa_run.missing_shards(store, run_id, sisa.shards)
-        )
-    except Exception as exc:
-        if retry_transient and is_transient(exc):
-            _release(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
-            raise
-        log.warning("training run %s failed: %s", run_id, exc)
-        _fail(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
+        if store.exists(f"{run_prefix(run_id)}/run.json"):
+            return []
+        return sisa_run.missing_shards(store, run_id, sisa.shards)
+
+    missing = execute(
+        LEASE,
+        session_factory=session_factory,
+        token=token,
+        work=untrained_shards,
+        what=f"training run {run_id}",
+        retry_transient=retry_transient,
+        on_fail=_on_fail,
+        heartbeat=False,
+    )
+    if missing is FAILED:
         return "failed"
     if not missing:  # a previous attempt trained every shard: just finish here
         ok = process_training_run(
             session_factory=session_factory,
             store=store,
             device=device,
-            run_pk=run_pk,
+            token=token,
             retry_transient=retry_transient,
         )
         return "completed" if ok else "failed"
     for shard in missing:
         try:
-            send(run_pk, shard)
+            send(token.job_id, shard)
         except Exception as exc:  # noqa: BLE001 - broker away: the run goes stale, is re-queued
             log.warning(
                 "could not send shard tasks of training run %s (%s); it is fanned out again once stale",
@@ -518,67 +454,71 @@ def process_training_shard(
     """Train one shard of a fanned-out SISA run (see :func:`fan_out_sisa_training`), then,
     if every shard is trained, assemble the run in the store and publish version 0.
 
-    Returns ``skipped`` (the run is no longer ``running``: done, failed, or re-queued to be
-    fanned out again), ``trained`` (other shards are still missing), ``published`` or
-    ``failed``. Idempotent: a trained shard (marker in the store) is not trained again, and
-    when two last shards finish at once both assemble the same bytes and
-    :func:`_publish`'s row lock and status check let only one of them publish. A transient
-    fault with retries left is re-raised for a Celery retry (the run stays ``running``;
-    if the retry comes later than the stale period, the run is fanned out again)."""
+    The task works for the attempt that holds the run when it starts (its lease token).
+    Returns ``skipped`` (the run is no longer ``running`` in that attempt: done, failed, or
+    re-queued to be fanned out again), ``trained`` (other shards are still missing),
+    ``published`` or ``failed``. Idempotent: a trained shard (marker in the store) is not
+    trained again, and when two last shards finish at once both assemble the same bytes
+    and :func:`_publish`'s lease check lets only one of them publish. A transient fault
+    with retries left is re-raised for a Celery retry and the run stays ``running`` (if
+    the retry comes later than the stale period, the run is fanned out again)."""
     ctx = _sisa_context(session_factory, run_pk)
-    if ctx is None or ctx["status"] != "running" or not _beat(session_factory, run_pk):
+    if ctx is None or ctx["status"] != JobState.RUNNING:
+        return "skipped"
+    token: LeaseToken = ctx["token"]
+    if not LEASE.beat(session_factory=session_factory, token=token):
         return "skipped"
     run_id, model, dataset = ctx["run_id"], ctx["model"], ctx["dataset"]
     dev = _device(device)
-    try:
-        with Heartbeat(lambda: _beat(session_factory, run_pk), name=f"training-{run_pk}-s{shard}"):
-            training, _recording, sisa = _configs(ctx["config"])
-            assert sisa is not None
-            spec = datasets.dataset_spec(dataset)
-            data = load_dataset(
-                spec.spec,
-                seed=spec.split_seed,
-                subject_size=spec.subject_size,
-                test_fraction=spec.test_fraction,
+
+    def train_shard() -> str:
+        training, _recording, sisa = _configs(ctx["config"])
+        assert sisa is not None
+        spec = datasets.dataset_spec(dataset)
+        data = load_dataset(
+            spec.spec,
+            seed=spec.split_seed,
+            subject_size=spec.subject_size,
+            test_fraction=spec.test_fraction,
+        )
+        common: dict[str, Any] = {
+            "dataset": data,
+            "model_name": model.architecture,
+            "training": training,
+            "sisa": sisa,
+        }
+        sisa_run.train_sisa_shard(
+            store, run_id=run_id, shard=shard, device=dev, worker=worker, **common
+        )
+        log.info("training run %s: shard %d trained", run_id, shard)
+        if sisa_run.missing_shards(store, run_id, sisa.shards):
+            return "trained"
+        if not store.exists(f"{run_prefix(run_id)}/run.json"):
+            sisa_run.finish_sisa_run(
+                store, run_id=run_id, dataset_spec=spec, device_name=str(dev), **common
             )
-            common: dict[str, Any] = {
-                "dataset": data,
-                "model_name": model.architecture,
-                "training": training,
-                "sisa": sisa,
-            }
-            sisa_run.train_sisa_shard(
-                store, run_id=run_id, shard=shard, device=dev, worker=worker, **common
-            )
-            log.info("training run %s: shard %d trained", run_id, shard)
-            if sisa_run.missing_shards(store, run_id, sisa.shards):
-                return "trained"
-            if not store.exists(f"{run_prefix(run_id)}/run.json"):
-                sisa_run.finish_sisa_run(
-                    store, run_id=run_id, dataset_spec=spec, device_name=str(dev), **common
-                )
-            _check_and_publish(
-                session_factory=session_factory,
-                store=store,
-                run_pk=run_pk,
-                run_id=run_id,
-                dataset=dataset,
-                result=_evaluate_existing(store, run_id, dev),
-            )
-    except Exception as exc:
-        if retry_transient and is_transient(exc):
-            log.warning(
-                "training run %s shard %d hit a transient fault, will retry: %s", run_id, shard, exc
-            )
-            raise
-        if not isinstance(exc, LetheError):
-            log.exception("training run %s shard %d failed", run_id, shard)
-        else:
-            log.warning("training run %s shard %d failed: %s", run_id, shard, exc)
-        _fail(session_factory=session_factory, run_pk=run_pk, error=_error_text(exc))
-        return "failed"
-    log.info("trained %s: model %s version 0 ready", run_id, model.name)
-    return "published"
+        _check_and_publish(
+            session_factory=session_factory,
+            store=store,
+            token=token,
+            run_id=run_id,
+            dataset=dataset,
+            result=_evaluate_existing(store, run_id, dev),
+        )
+        log.info("trained %s: model %s version 0 ready", run_id, model.name)
+        return "published"
+
+    outcome = execute(
+        LEASE,
+        session_factory=session_factory,
+        token=token,
+        work=train_shard,
+        what=f"training run {run_id} shard {shard}",
+        retry_transient=retry_transient,
+        release_on_transient=False,
+        on_fail=_on_fail,
+    )
+    return "failed" if outcome is FAILED else outcome
 
 
 def process_pending_training(
@@ -592,11 +532,11 @@ def process_pending_training(
     (succeeded or failed). Safe to call from several workers at once."""
     done = 0
     while limit is None or done < limit:
-        run_pk = claim(session_factory=session_factory)
-        if run_pk is None:
+        token = claim(session_factory=session_factory)
+        if token is None:
             break
         process_training_run(
-            session_factory=session_factory, store=store, device=device, run_pk=run_pk
+            session_factory=session_factory, store=store, device=device, token=token
         )
         done += 1
     return done
@@ -608,31 +548,13 @@ def requeue_interrupted_training(*, session_factory: SessionFactory) -> int:
     Only for start-up of a deployment whose worker is the only one (the embedded default):
     with several workers a ``running`` run may be in progress elsewhere.
     """
-    with session_factory() as db:
-        runs = list(
-            db.scalars(select(TrainingRun).where(TrainingRun.status == "running").with_for_update())
-        )
-        for run in runs:
-            run.status = "queued"
-        db.commit()
-        return len(runs)
+    return LEASE.requeue_interrupted(session_factory=session_factory)
 
 
 def requeue_abandoned_training(*, session_factory: SessionFactory) -> list[int]:
     """Put ``running`` runs whose heartbeat is stale (their worker died) back in the queue;
     their primary keys. Safe while other workers train: a live run beats."""
-    with session_factory() as db:
-        runs = list(
-            db.scalars(
-                select(TrainingRun).where(_abandoned_clause()).with_for_update(skip_locked=True)
-            )
-        )
-        for run in runs:
-            log.warning("training run %s was abandoned by its worker; re-queued", run.run_id)
-            run.status = "queued"
-            run.heartbeat_at = utcnow()
-        db.commit()
-        return [run.id for run in runs]
+    return LEASE.requeue_abandoned(session_factory=session_factory)
 
 
 def pending_run_ids(
@@ -640,18 +562,7 @@ def pending_run_ids(
 ) -> list[int]:
     """Queued runs that no worker handed back recently (and, with ``created_before``, not
     created since then), oldest first: what a dispatcher (re)enqueues."""
-    with session_factory() as db:
-        query = (
-            select(TrainingRun.id)
-            .where(
-                TrainingRun.status == "queued",
-                TrainingRun.heartbeat_at.is_(None) | (TrainingRun.heartbeat_at < stale_before()),
-            )
-            .order_by(TrainingRun.id)
-        )
-        if created_before is not None:
-            query = query.where(TrainingRun.created_at < created_before)
-        return list(db.scalars(query))
+    return LEASE.pending_ids(session_factory=session_factory, changed_before=created_before)
 
 
 def train_model_now(
@@ -669,9 +580,10 @@ def train_model_now(
     with session_factory() as db:
         _model, run = service.create(db=db, spec=body, store=store, actor=actor)
         run_pk = run.id
-    if claim(session_factory=session_factory, run_pk=run_pk) is not None:
+    token = claim(session_factory=session_factory, run_pk=run_pk)
+    if token is not None:
         process_training_run(
-            session_factory=session_factory, store=store, device=device, run_pk=run_pk
+            session_factory=session_factory, store=store, device=device, token=token
         )
     with session_factory() as db:
         return service.get_or_raise(db=db, name=body.name)

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueCons
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from api.database.core import Base, UTCDateTime, utcnow
+from api.jobs.states import JobState
 
 
 class Model(Base):
@@ -41,13 +42,17 @@ class TrainingRun(Base):
     store_url: Mapped[str] = mapped_column(String(1024))
     method: Mapped[str] = mapped_column(String(32))
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|completed|failed
+    status: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)  # api.jobs.states.JobState
     error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     ledger: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    #: While running: the training worker's last sign of life (stale: abandoned).
+    #: Lease columns (:mod:`api.jobs.lease`). Running: the training worker's last sign of
+    #: life (stale: abandoned); queued: when a worker last handed the run back.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: How many times a worker claimed the run; with the id, the attempt token.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     model: Mapped[Model] = relationship(back_populates="runs", lazy="raise")
 

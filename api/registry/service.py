@@ -7,21 +7,29 @@ Training itself (minutes of torch) happens outside any request in
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api import wake
+from api.audit.models import AuditEvent
 from api.audit.service import append as audit
 from api.datasets import service as datasets
 from api.datasets.models import Dataset, Sample
 from api.erasure.models import ErasureRequest, RequestJob
 from api.errors import ConflictError, NotFoundError
+from api.jobs.states import JobState
 from api.registry.models import Model, ModelVersion, TrainingRun
 from api.registry.schemas import ModelCreate
 from unlearning_core.errors import DatasetError, RunError
 from unlearning_core.recording import PruneSchedule
-from unlearning_core.store import BlobStore
+from unlearning_core.runs.ledger import VersionEntry
+from unlearning_core.runs.spec import BlobPointer
+from unlearning_core.store import BlobRef, BlobStore
 
 
 def get(*, db: Session, name: str) -> Model | None:
@@ -197,7 +205,7 @@ def create(
             store_url=store.url,
             method=spec.method,
             config=spec.model_dump(mode="json"),
-            status="queued",
+            status=JobState.QUEUED,
         )
         db.add(run)
         db.flush()
@@ -208,6 +216,7 @@ def create(
             actor=actor,
             payload={"run_id": run.run_id, "dataset": dataset.name, "config": run.config},
         )
+        wake.after_commit(db, wake.TRAIN_RUN, [run.id])  # best effort; no-op when embedded
         db.commit()
     except IntegrityError:
         db.rollback()
@@ -216,3 +225,109 @@ def create(
         db.rollback()
         raise
     return model, run
+
+
+# ---------------------------------------------------------------------------------------
+# Publishing versions: the one writer of ``model_versions`` (training and erasure call it)
+# ---------------------------------------------------------------------------------------
+
+
+def lock_lineage(*, db: Session, model_id: int) -> TrainingRun | None:
+    """Lock the model's completed training run ``FOR UPDATE``: the lineage lock. Every change
+    to a model's versions and ledger holds it, so concurrent erasures of one model are
+    applied one after another."""
+    return db.scalar(
+        select(TrainingRun)
+        .where(TrainingRun.model_id == model_id, TrainingRun.status == JobState.COMPLETED)
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+        .with_for_update()
+    )
+
+
+def version_payload(
+    *, number: int, parent: int | None, method: str, weights: BlobPointer, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The audit payload of a published version (``version.published``, ``model.trained``)."""
+    return {
+        "version": number,
+        "parent": parent,
+        "method": method,
+        "weights_key": weights.key,
+        "weights_sha256": weights.sha256,
+        "weights_size": weights.size,
+        "metrics": metrics,
+    }
+
+
+def publish_version(
+    *,
+    db: Session,
+    model: Model,
+    number: int,
+    parent: int | None,
+    method: str,
+    weights: BlobPointer,
+    metrics: dict[str, Any],
+    created_at: datetime | None = None,
+    event: str = "version.published",
+    request_id: str | None = None,
+    actor: str | None = None,
+    payload: dict[str, Any] | None = None,
+    report: Callable[[AuditEvent], tuple[BlobRef, str | None] | None] | None = None,
+) -> ModelVersion:
+    """Write version ``number`` of ``model`` (rows are written once, never updated) and its
+    audit event ``event``, in the caller's transaction.
+
+    The event comes first: ``report(event)`` renders the version's erasure report, which
+    names the event (its place in the audit chain), and returns its blob and the tenant it
+    belongs to; both go into the row.
+    """
+    body = version_payload(
+        number=number, parent=parent, method=method, weights=weights, metrics=metrics
+    )
+    published = audit(
+        db, event, request_id=request_id, model_name=model.name, actor=actor,
+        payload={**body, **(payload or {})},
+    )
+    rendered = report(published) if report is not None else None
+    ref, tenant = rendered if rendered is not None else (None, None)
+    row = ModelVersion(
+        model_id=model.id,
+        number=number,
+        parent_number=parent,
+        method=method,
+        weights_key=weights.key,
+        weights_sha256=weights.sha256,
+        weights_size=weights.size,
+        metrics=metrics,
+        report_key=ref.key if ref else None,
+        report_sha256=ref.sha256 if ref else None,
+        report_size=ref.size if ref else None,
+        report_tenant=tenant if ref else None,
+    )
+    if created_at is not None:
+        row.created_at = created_at
+    db.add(row)
+    db.flush()
+    return row
+
+
+def version_of_entry(*, db: Session, model_id: int, entry: VersionEntry) -> ModelVersion:
+    """The row of an existing ledger version (written now if its lineage predates rows)."""
+    row = get_version(db=db, model_id=model_id, number=entry.version)
+    if row is None:
+        row = ModelVersion(
+            model_id=model_id,
+            number=entry.version,
+            parent_number=entry.parent,
+            method=entry.method,
+            weights_key=entry.weights.key,
+            weights_sha256=entry.weights.sha256,
+            weights_size=entry.weights.size,
+            metrics={},
+            created_at=entry.created_at,
+        )
+        db.add(row)
+        db.flush()
+    return row

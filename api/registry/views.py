@@ -14,16 +14,14 @@ from fastapi.responses import StreamingResponse
 
 from api.auth.dependencies import AdminDep, DbDep, RegistryDep, require_scope
 from api.blobs import get_store
-from api.errors import NotFoundError
 from api.registry import service
 from api.registry.dependencies import LATEST, ModelDep, VersionDep
 from api.registry.models import Model, ModelVersion
 from api.registry.reports import version_report
 from api.registry.schemas import ModelCreate, ModelOut, ModelSummary, TrainingRunOut, VersionOut
-from unlearning_core.errors import BlobIntegrityError, BlobStoreError
+from unlearning_core.errors import BlobIntegrityError
 from unlearning_core.report.html import render_pdf
 from unlearning_core.store import BlobStore
-from worker.enqueue import enqueue_training
 
 router = APIRouter(
     prefix="/models", tags=["registry"], dependencies=[Depends(require_scope("registry"))]
@@ -98,8 +96,7 @@ def _versions_out(db, model: Model, versions: list[ModelVersion], tenant: str) -
     },
 )
 def create_model(body: ModelCreate, principal: AdminDep, db: DbDep, response: Response) -> ModelOut:
-    model, run = service.create(db=db, spec=body, store=get_store(), actor=principal.name)
-    enqueue_training([run.id])  # committed: wake a worker (best effort; no-op when embedded)
+    model, _run = service.create(db=db, spec=body, store=get_store(), actor=principal.name)
     response.headers["Location"] = f"/models/{model.name}"
     return _model_out(db, model)
 

@@ -122,13 +122,3 @@ class RecordedRun:
 
     def _get(self, pointer: BlobPointer) -> bytes:
         return self.store.get(pointer.key, expected_sha256=pointer.sha256)
-
-
-def open_artifact(store: BlobStore, run_id: str, ledger_store: LedgerStore | None = None) -> RecordedRun:
-    """The run as the artifact type its training method produced."""
-    run = RecordedRun.open(store, run_id)
-    if run.spec.method == "sisa":
-        from unlearning_core.sisa.artifact import SisaRun
-
-        return SisaRun(store, run.spec, ledger_store)
-    return RecordedRun(store, run.spec, ledger_store)
