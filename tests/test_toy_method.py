@@ -304,3 +304,7 @@ async def test_the_worker_runs_the_job_with_its_options(client, api_keys, toy_mo
     weights = await client.get(f"/models/{toy_model}/versions/1/weights", headers=bearer(api_keys["registry"]))
     assert weights.status_code == 200
     assert same_state(load_safetensors(weights.content), expected_weights(get_store(), 2.0))
+    # the version's erasure report names the method and the options it ran with
+    page = await client.get(f"/models/{toy_model}/versions/1/report", headers=bearer(api_keys["registry"]))
+    assert page.status_code == 200, page.text[:500]
+    assert f"<td>{NAME}</td>" in page.text and "<code>scale=2.0</code>" in page.text

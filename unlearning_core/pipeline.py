@@ -165,7 +165,7 @@ def save_erasure_record(done: MethodRun, metrics: dict[str, Any] | None, forget:
         version=version.version, parent=version.parent, method=done.method,
         guarantee=get_method(done.method).guarantee, forget=forget, forget_ids=list(ctx.forget_ids),
         forget_classes=sorted({int(k) for k in labels}), recovery_steps=ctx.options.recovery_steps,
-        timeline=done.timeline,
+        method_options=ctx.options.model_dump(mode="json"), timeline=done.timeline,
         metrics=json.loads(json.dumps(metrics, default=str)) if metrics is not None else None,
     )
     return save_record(ctx.artifact.store, ctx.artifact.prefix, record)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from unlearning_core.errors import RunError
+from unlearning_core.vocab import RecordMode
 from unlearning_core.recording.masks import (
     MaskKind,
     magnitude_k,
@@ -31,8 +32,7 @@ from unlearning_core.recording.masks import (
     random_scores,
 )
 
-RecordMode = Literal["none", "full", "partial"]
-RECORD_MODES: tuple[str, ...] = ("none", "full", "partial")
+RECORD_MODES: tuple[str, ...] = get_args(RecordMode)
 STORE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 
 

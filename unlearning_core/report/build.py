@@ -178,6 +178,7 @@ def erasure_report(
         "guarantee": record.guarantee,
         "method_summary": impl.summary,
         "recovery_steps": record.recovery_steps,
+        "method_options": record.method_options,
         "metric_columns": columns,
         "metric_rows": _metric_rows(metric_sets),
         "figures": {k: b64(v) for k, v in figs.items()},

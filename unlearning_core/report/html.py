@@ -40,6 +40,7 @@ version {{ r.version }} (parent {{ r.parent }}) published {{ r.created_at }}.</p
 <tr><th>guarantee</th><td>{{ r.guarantee }}{% if r.guarantee == "exact" %}: the weights are those of a model never trained on the forget set{% else %}: the forget set's influence is removed approximately; the metrics below are the evidence{% endif %}</td></tr>
 <tr><th>what it does</th><td>{{ r.method_summary }}</td></tr>
 {% if r.recovery_steps %}<tr><th>recovery fine-tune</th><td>{{ r.recovery_steps }} steps on retained data</td></tr>{% endif %}
+{% if r.method_options %}<tr><th>options</th><td>{% for name, value in r.method_options.items() %}<code>{{ name }}={{ value }}</code>{% if not loop.last %}, {% endif %}{% endfor %}</td></tr>{% endif %}
 </table></section>
 
 <section id="metrics"><h2>Efficacy metrics</h2>

@@ -32,6 +32,8 @@ class ErasureRecord(BaseModel):
     forget_ids: list[str]
     forget_classes: list[int]  # labels present in the forget set (the Grad-CAM panel)
     recovery_steps: int = 0
+    #: The options the method ran with (its options model, defaults filled in).
+    method_options: dict[str, Any] = Field(default_factory=dict)
     timeline: list[TimelinePoint] = Field(default_factory=list)
     metrics: dict[str, Any] | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
