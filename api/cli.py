@@ -126,7 +126,8 @@ def bench(
     from pathlib import Path
 
     folder = Path(__file__).resolve().parents[1] / "bench"
-    scripts = {p.stem: p for p in sorted(folder.glob("*.py")) + sorted(folder.glob("*.sh")) if p.stem != "common"}
+    helpers = {"common", "provenance"}  # modules the benchmarks import, not benchmarks
+    scripts = {p.stem: p for p in sorted(folder.glob("*.py")) + sorted(folder.glob("*.sh")) if p.stem not in helpers}
     if name in (None, "--help", "-h"):
         typer.echo("usage: lethe bench NAME [ARGS]...\n\nbenchmarks: " + ", ".join(scripts or ["none found"]))
         raise typer.Exit(0)

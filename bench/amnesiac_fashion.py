@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from unlearning_core.data import load_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import stamped  # noqa: E402
+
+from unlearning_core.data import load_dataset  # noqa: E402
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import unlearn
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
@@ -100,6 +103,7 @@ def main() -> None:
                 result[name][method] = {k: out.get(k) for k in KEEP}
                 print(f"{name} {method}: {result[name][method]}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = stamped(result)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from provenance import stamped  # noqa: E402  (bench/ is on sys.path, as for common)
 from unlearning_core.data import Dataset, load_dataset
 from unlearning_core.metrics import evaluate_unlearning, get_metric
 
@@ -156,8 +157,10 @@ def parse_floats(text: str) -> list[float]:
 
 
 def emit(result: dict[str, Any], out: Path, extra_paths: Sequence[Path] = ()) -> None:
-    """Write ``result`` to ``out`` and print it as the last stdout line (DESIGN.md contract)."""
+    """Write ``result`` with its provenance (commit, time, host, load, command) to ``out``
+    and print it as the last stdout line (DESIGN.md contract)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    result = stamped(result)
     if extra_paths:
         result = {**result, "files": [str(p) for p in (out, *extra_paths)]}
     out.write_text(json.dumps(result, indent=2) + "\n")

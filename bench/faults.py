@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import stamped  # noqa: E402
 
 
 def main() -> int:
@@ -39,7 +41,7 @@ def main() -> int:
     if not out.exists():
         print(json.dumps({"error": "the fault run wrote no figures", "pytest_status": proc.returncode}))
         return 1
-    figures = json.loads(out.read_text())
+    figures = stamped(json.loads(out.read_text()))
     figures["pytest_status"] = proc.returncode
     out.write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))
