@@ -5,14 +5,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api.config import Settings, get_settings
-from api.errors import BodySizeLimit, install_error_handlers
+from api.errors import BodySizeLimit, RefuseNulInUrl, ServerErrorAsJson, install_error_handlers
 
 DESCRIPTION = """
 Lethe honours GDPR Art. 17 erasure requests against trained neural networks.
 
 Authenticate with an API key: `Authorization: Bearer <key>`. Scopes: `requester` (file and
 read your own erasure requests), `registry` (pull models and versions), `admin` (everything,
-within the key's tenant). Errors are JSON: `{"detail": "<message>"}`.
+within the key's tenant). Errors are JSON: `{"detail": "<message>"}`; a server error (5xx) also
+carries `"request_id"`, the `X-Request-ID` of the response, to quote when reporting it.
 """
 
 
@@ -35,5 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(metrics_router)
     install_dashboard(app, settings)
+    # Just inside the context middleware: an unhandled exception becomes 500 JSON with the
+    # request id bound (logged with its traceback) and still gets the X-Request-ID header.
+    app.add_middleware(RefuseNulInUrl)  # no stored name or id holds a NUL: 400, not a driver error
+    app.add_middleware(ServerErrorAsJson)
     app.add_middleware(RequestContextMiddleware)  # last added = outermost: ids and latency for all
     return app

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,12 +24,17 @@ from api.audit.service import append as audit
 from api.datasets.config import upload_dir
 from api.database.core import utcnow
 from api.datasets.models import Dataset, Sample
+from api.datasets.schemas import MAX_SEED, MAX_SUBJECT_SIZE
 from api.errors import ConflictError, NotFoundError
 from unlearning_core.data import DATASET_NAMES, load_dataset
 from unlearning_core.data.sampleset import Dataset as LoadedDataset
 from unlearning_core.errors import DatasetError
 from unlearning_core.runs.spec import DatasetSpec
 from unlearning_core.store import BlobStore
+
+
+#: How long a normalised source may be (the ``datasets.source`` column).
+SOURCE_COLUMN_LENGTH: int = Dataset.__table__.c.source.type.length  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,30 @@ class DatasetCounts:
 
 
 def normalise_source(source: str) -> str:
-    """Built-in names lower-cased; paths made absolute, so any later process reloads the same files."""
+    """Built-in names lower-cased; paths made absolute, so any later process reloads the same files.
+
+    A source no path can be (a NUL character, text the file system cannot encode, an unknown
+    ``~user``, a name too long) is a :class:`DatasetError` naming it, not a crash.
+    """
     key = source.strip()
     if key.lower() in DATASET_NAMES:
         return key.lower()
-    return str(Path(key).expanduser().resolve())
+    if "\x00" in key:
+        raise DatasetError(f"unknown dataset {source!r}: a path cannot hold a NUL character")
+    try:
+        return str(Path(key).expanduser().resolve())
+    except (OSError, RuntimeError, ValueError) as exc:  # ValueError: UnicodeEncodeError
+        raise DatasetError(f"unknown dataset {source!r}: not a usable path ({exc})") from None
+
+
+def _load(source: str, **options: Any) -> LoadedDataset:
+    """:func:`load_dataset`, with file system errors (a name too long, no permission, an
+    unreadable file, text the file system cannot encode) as :class:`DatasetError`."""
+    try:
+        return load_dataset(source, **options)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DatasetError(f"dataset {source[:200]!r} cannot be read: {reason}") from None
 
 
 def sample_ids_digest(sample_ids: Iterable[str]) -> str:
@@ -131,13 +155,20 @@ def register(
         raise ConflictError(f"a dataset named {name!r} already exists")
     if not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    if subject_size is not None and subject_size < 1:
-        raise DatasetError(f"subject_size must be at least 1, got {subject_size}")
+    if subject_size is not None and not 1 <= subject_size <= MAX_SUBJECT_SIZE:
+        raise DatasetError(f"subject_size must be 1 to {MAX_SUBJECT_SIZE}, got {subject_size}")
+    if not 0 <= split_seed <= MAX_SEED:
+        raise DatasetError(f"split_seed must be 0 to {MAX_SEED}, got {split_seed}")
     normalised = normalise_source(source)
     # The caller's spelling of the source, so an error names what they sent.
-    loaded = load_dataset(
+    loaded = _load(
         source.strip(), seed=split_seed, subject_size=subject_size, test_fraction=test_fraction
     )
+    if len(normalised) > SOURCE_COLUMN_LENGTH:
+        raise DatasetError(
+            f"source path {normalised[:200]!r}... is {len(normalised)} characters long once made "
+            f"absolute; at most {SOURCE_COLUMN_LENGTH} can be stored"
+        )
     train = loaded.train
     dataset = Dataset(
         name=name,

@@ -9,7 +9,13 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from api.auth.dependencies import AdminDep, DbDep
 from api.datasets import service
 from api.datasets.models import Dataset
-from api.datasets.schemas import NAME_PATTERN, DatasetCreate, DatasetOut
+from api.datasets.schemas import (
+    MAX_SEED,
+    MAX_SUBJECT_SIZE,
+    NAME_PATTERN,
+    DatasetCreate,
+    DatasetOut,
+)
 from api.datasets.service import DatasetCounts
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -82,9 +88,9 @@ def upload_dataset(
     db: DbDep,
     file: Annotated[UploadFile, File(description="The .npz manifest")],
     name: Annotated[str, Form(pattern=NAME_PATTERN)],
-    subject_size: Annotated[int | None, Form(ge=1)] = None,
-    split_seed: Annotated[int, Form()] = 0,
-    test_fraction: Annotated[float, Form(gt=0.0, lt=1.0)] = 0.2,
+    subject_size: Annotated[int | None, Form(ge=1, le=MAX_SUBJECT_SIZE)] = None,
+    split_seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,
+    test_fraction: Annotated[float, Form(gt=0.0, lt=1.0, allow_inf_nan=False)] = 0.2,
 ) -> DatasetOut:
     dataset = service.register_upload(
         db=db,
