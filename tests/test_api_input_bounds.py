@@ -307,3 +307,74 @@ def test_sources_no_path_can_be_are_dataset_errors(source: str) -> None:
     with pytest.raises(DatasetError):
         normalise_source(source)
         _load(source)
+
+
+# ---------------------------------------------------------------------------------------
+# What the stronger fuzzing found outside the datasets domain
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world_runs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from tests.reliability_world import train_world_run
+
+    return train_world_run(tmp_path_factory.mktemp("bounds-runs"))
+
+
+async def test_request_list_filters_out_of_range_are_422(client, api_keys) -> None:  # type: ignore[no-untyped-def]
+    admin = bearer(api_keys["admin"])
+    r = await client.get("/admin/requests?offset=9223372036854775808", headers=admin)
+    _is_json_4xx(r, "offset")
+    r = await client.get("/admin/requests?received_from=0001-01-01T00:00:00%2B14:00", headers=admin)
+    _is_json_4xx(r, "received_from", "out of range")
+    r = await client.get("/admin/requests?received_to=2026-11-30T10:00:00%2B01:00&offset=1000000000",
+                         headers=admin)
+    assert r.status_code == 200 and r.json()["items"] == [], r.text
+
+
+async def test_erasure_bodies_with_nul_or_bad_names_are_422(client, db_session, world_runs) -> None:  # type: ignore[no-untyped-def]
+    from tests.reliability_world import build_world
+
+    world = build_world(db_session, world_runs)
+    requester = {**bearer(world.keys["requester"]), **JSON}
+    for body, words in (
+        ({"subject_id": "subject-0003", "models": ["a\u0000"]}, ("models", "NUL")),
+        ({"subject_id": "subject-0003", "models": ["no such/model"]}, ("models", "not a model name")),
+        ({"sample_ids": ["1\u0000"]}, ("sample_ids", "NUL")),
+        ({"subject_id": "subject\u00000003"}, ("subject_id", "NUL")),
+    ):
+        r = await client.post("/erasure-requests", content=json.dumps(body), headers=requester)
+        _is_json_4xx(r, *words)
+    r = await client.post("/erasure-requests", json={"subject_id": "subject-0003", "models": [world.model]},
+                          headers=requester)
+    assert r.status_code == 202, r.text
+
+
+async def test_version_must_be_ascii_digits(client, db_session, world_runs) -> None:  # type: ignore[no-untyped-def]
+    from tests.reliability_world import build_world
+
+    world = build_world(db_session, world_runs)
+    registry = bearer(world.keys["registry"])
+    r = await client.get(f"/models/{world.model}/versions/%C2%B2", headers=registry)  # "²"
+    _is_json_4xx(r, "version must be a number")
+    r = await client.get(f"/models/{world.model}/versions/0", headers=registry)
+    assert r.status_code == 200, r.text
+
+
+def test_an_image_folder_listing_follows_no_folder_link_and_is_bounded(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    from unlearning_core.data import image_folder
+    from unlearning_core.errors import DatasetError
+
+    for klass in ("a", "b"):
+        (tmp_path / klass).mkdir()
+        for i in range(3):
+            Image.new("L", (4, 4), color=i * 40).save(tmp_path / klass / f"{i}.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)  # a link to a parent
+    data = image_folder.load_image_folder(tmp_path, test_fraction=0.34)
+    assert len(data.train) + len(data.test) == 6  # each image once; the loop is not walked
+
+    monkeypatch.setattr(image_folder, "MAX_ENTRIES", 5)
+    with pytest.raises(DatasetError, match="not an image folder"):
+        image_folder.load_image_folder(tmp_path)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from api.datasets.schemas import NAME_PATTERN
 from api.erasure.states import JobStatus, RequestStatus
 from unlearning_core.methods import method_names
 
@@ -69,13 +71,24 @@ class ErasureRequestCreate(BaseModel):
 
     @field_validator("sample_ids", "models")
     @classmethod
-    def _ids(cls, values: list[str] | None) -> list[str] | None:
+    def _ids(cls, values: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if values is None:
             return None
         for v in values:
             if not v or len(v) > 256:
                 raise ValueError("ids must be 1 to 256 characters")
+            if "\x00" in v:  # no database can store it, no dataset or model can hold it
+                raise ValueError("ids cannot contain a NUL character")
+            if info.field_name == "models" and not re.fullmatch(NAME_PATTERN, v):
+                raise ValueError(f"{v!r} is not a model name (letters, digits, '.', '_', '-')")
         return _dedupe(values)
+
+    @field_validator("subject_id")
+    @classmethod
+    def _subject(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("subject_id cannot contain a NUL character")
+        return value
 
     @field_validator("method")
     @classmethod

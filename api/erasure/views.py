@@ -7,10 +7,10 @@ the work is in :mod:`api.erasure.service`.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Response, status
 
 from api.auth.dependencies import AdminDep, DbDep, RequesterDep
 from api.erasure import service
@@ -49,6 +49,22 @@ def admin_request(request_id: RequestId, principal: AdminDep, db: DbDep) -> Eras
 
 OwnRequest = Annotated[ErasureRequest, Depends(requester_request)]
 AdminRequest = Annotated[ErasureRequest, Depends(admin_request)]
+
+
+#: Paging offsets beyond this are refused (PostgreSQL's OFFSET is a bigint; no tenant has
+#: anywhere near this many requests).
+MAX_OFFSET = 1_000_000_000
+
+
+def _utc(name: str, value: datetime | None) -> datetime | None:
+    """A filter time in UTC (naive means UTC); a 422 naming the parameter when the offset
+    moves it out of the calendar (``0001-01-01T00:00+14:00``)."""
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(422, f"{name}: {value.isoformat()} is out of range in UTC") from None
 
 
 def status_url(request_id: str) -> str:
@@ -137,14 +153,14 @@ def list_requests(
     received_to: Annotated[datetime | None, Query(description="received before")] = None,
     overdue: Annotated[bool | None, Query(description="not final and past due_at")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> RequestPage:
     filters = service.RequestFilter(
         status=status_,
         subject_id=subject_id,
         model=model,
-        received_from=received_from,
-        received_to=received_to,
+        received_from=_utc("received_from", received_from),
+        received_to=_utc("received_to", received_to),
         overdue=overdue,
     )
     items, total = service.get_all(

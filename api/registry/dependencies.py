@@ -29,7 +29,7 @@ def parse_version(version: str) -> int | None:
     """``latest`` -> None, a non-negative integer -> itself; anything else is a 422."""
     if version == LATEST:
         return None
-    if not version.isdigit() or len(version) > 9:
+    if not (version.isascii() and version.isdigit()) or len(version) > 9:  # "²" is a digit too
         raise HTTPException(422, f"version must be a number or 'latest', got {version!r}")
     return int(version)
 
