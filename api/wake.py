@@ -44,29 +44,37 @@ def queue_of(task: str) -> str:
     return get_settings().work_queue if task in DEVICE_TASKS else CPU_QUEUE
 
 
-@lru_cache
-def producer(broker_url: str) -> Celery:
-    """A Celery app that only sends (the API process, the dispatcher), one per broker URL:
-    JSON only, a bounded publish retry so a dead broker costs a request well under a second."""
-    settings = get_settings()
-    app = Celery("lethe-producer", broker=broker_url)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout_seconds,
+def broker_conf(visibility_timeout_seconds: float) -> dict[str, Any]:
+    """Celery settings every Lethe app shares, the sending ones here and the worker's
+    (``worker/celery_app.py``): JSON only (tasks carry ids, never pickles), no results (the
+    job rows are the results), and a bounded publish retry so a dead broker costs a request
+    well under a second."""
+    return {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout_seconds,
             "socket_connect_timeout": 5,
         },
-        broker_connection_timeout=5,
-        task_publish_retry=True,
-        task_publish_retry_policy={
+        "broker_connection_timeout": 5,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
             "max_retries": 2,
             "interval_start": 0,
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-    )
+    }
+
+
+@lru_cache
+def producer(broker_url: str) -> Celery:
+    """A Celery app that only sends (the API process, the dispatcher), one per broker URL."""
+    app = Celery("lethe-producer", broker=broker_url)
+    app.conf.update(broker_conf(get_settings().visibility_timeout_seconds))
     return app
 
 

@@ -34,7 +34,7 @@ from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutting_down
 
 from api.config import Settings, get_settings
-from api.wake import CPU_QUEUE, queue_of
+from api.wake import CPU_QUEUE, broker_conf, queue_of
 
 log = logging.getLogger("lethe.celery")
 
@@ -52,34 +52,18 @@ def create_celery(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     app = Celery("lethe", broker=s.broker_url or "memory://", include=["worker.tasks"])
     app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
-        result_backend=None,
+        **broker_conf(s.visibility_timeout_seconds),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=CPU_QUEUE,
         task_routes=(route_task,),
-        broker_transport_options={
-            "visibility_timeout": s.visibility_timeout_seconds,
-            "socket_connect_timeout": 5,
-        },
-        broker_connection_timeout=5,
         broker_connection_retry_on_startup=True,
         # A Redis blip must not abort an hour-long GPU job: the task goes on, and the
         # database (not the broker) decides whether its result counts.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=False,
-        task_publish_retry=True,
-        task_publish_retry_policy={
-            "max_retries": 2,
-            "interval_start": 0,
-            "interval_step": 0.2,
-            "interval_max": 0.5,
-        },
     )
     return app
 
