@@ -129,8 +129,30 @@ def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_lethe_methods_lists_the_toy_and_its_option() -> None:
-    listed = {m["name"]: m for m in last_json(lethe_with_toy("methods", "--json"))["methods"]}
+def lethe_here(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``lethe ARGS`` through the console script's ``main`` in this process (the ``toy``
+    fixture registered the method): the same exit status and output as a new interpreter,
+    without paying its start-up for every case."""
+    from unlearning_core.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["lethe", *args])
+    monkeypatch.setenv("COLUMNS", "320")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out = capsys.readouterr()
+    code = exited.value.code
+    return subprocess.CompletedProcess(args, code if isinstance(code, int) else 1, out.out, out.err)
+
+
+def test_lethe_methods_lists_the_toy_and_its_option(
+    toy: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed = {
+        m["name"]: m for m in last_json(lethe_here(capsys, monkeypatch, "methods", "--json"))["methods"]
+    }
     toy = listed[NAME]
     assert toy["guarantee"] == "approximate"
     assert toy["trained_with"] == ["plain", "amnesiac", "partial-amnesiac"]
@@ -146,7 +168,7 @@ def test_lethe_methods_lists_the_toy_and_its_option() -> None:
     assert "prune_search" in options["partial-amnesiac"] and "prune_search" not in options["amnesiac"]
     assert {"steps", "lr", "mix_retain"} <= options["label-flip"] and "scale" not in options["label-flip"]
     assert listed["sisa"]["trained_with"] == ["sisa"] and listed["retrain"]["guarantee"] == "exact"
-    table = lethe_with_toy("methods").stdout
+    table = lethe_here(capsys, monkeypatch, "methods").stdout
     assert NAME in table and "scale" in table and "shrink the distance" in table
 
 
@@ -178,10 +200,15 @@ def test_lethe_unlearn_option_reaches_the_method(store_copy: Path) -> None:
     ],
 )
 def test_lethe_unlearn_refuses_bad_options_naming_them(
-    trained: Path, args: list[str], needles: list[str]
+    toy: str,
+    trained: Path,
+    args: list[str],
+    needles: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    proc = lethe_with_toy("unlearn", "--store", str(trained), "--run-id", RUN_ID, "--method", NAME,
-                          "--forget-subject", SUBJECT, "--device", "cpu", *args, check=False)
+    proc = lethe_here(capsys, monkeypatch, "unlearn", "--store", str(trained), "--run-id", RUN_ID,
+                      "--method", NAME, "--forget-subject", SUBJECT, "--device", "cpu", *args)
     err = " ".join(proc.stderr.replace("│", " ").split())
     assert proc.returncode == 2, proc.stderr
     for needle in needles:

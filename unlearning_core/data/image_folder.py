@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import cache
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets import ImageFolder
 
 from unlearning_core.data.manifest import build_dataset
 from unlearning_core.data.sampleset import Dataset
@@ -28,55 +29,63 @@ _GRAYSCALE_MODES = frozenset({"L", "1"})
 MAX_ENTRIES = 2_000_000
 
 
-class _VisibleImageFolder(ImageFolder):
-    """ImageFolder that ignores hidden folders (``.ipynb_checkpoints``, ``.git``) as classes,
-    follows no symbolic link to a folder (torchvision's walk does, and loops on a link to a
-    parent) and visits at most :data:`MAX_ENTRIES` entries."""
+@cache
+def _folder_class() -> type:
+    """The ImageFolder subclass, built on first use: importing torchvision costs over a
+    second, which digits, ``.npz`` and idx datasets never need."""
+    from torchvision.datasets import ImageFolder
 
-    @staticmethod
-    def make_dataset(
-        directory: str | Path,
-        class_to_idx: dict[str, int],
-        extensions: tuple[str, ...] | None = None,
-        is_valid_file: Callable[[str], bool] | None = None,
-        allow_empty: bool = False,
-    ) -> list[tuple[str, int]]:
-        if is_valid_file is None:
-            exts = tuple(e.lower() for e in (extensions or ()))
-            is_valid_file = lambda path: path.lower().endswith(exts)  # noqa: E731
-        instances: list[tuple[str, int]] = []
-        seen = 0
-        for target_class in sorted(class_to_idx):
-            walked: list[tuple[str, list[str]]] = []
-            for root, dirs, files in os.walk(os.path.join(directory, target_class)):
-                seen += len(dirs) + len(files)
-                if seen > MAX_ENTRIES:
-                    raise DatasetError(
-                        f"{directory}: more than {MAX_ENTRIES:,} entries under the class folders; "
-                        "not an image folder"
-                    )
-                walked.append((root, files))
-            for root, files in sorted(walked):  # torchvision's order: by folder path, then name
-                paths = (os.path.join(root, f) for f in sorted(files))
-                instances.extend((p, class_to_idx[target_class]) for p in paths if is_valid_file(p))
-        found = {t for _, t in instances}
-        empty = sorted(c for c, i in class_to_idx.items() if i not in found)
-        if empty and not allow_empty:
-            raise FileNotFoundError(f"no images in the class folders {', '.join(empty)}")
-        return instances
+    class VisibleImageFolder(ImageFolder):
+        """ImageFolder that ignores hidden folders (``.ipynb_checkpoints``, ``.git``) as classes,
+        follows no symbolic link to a folder (torchvision's walk does, and loops on a link to a
+        parent) and visits at most :data:`MAX_ENTRIES` entries."""
 
-    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-        classes = sorted(
-            e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")
-        )
-        if not classes:
-            raise FileNotFoundError(f"no class folders in {directory}")
-        return classes, {c: i for i, c in enumerate(classes)}
+        @staticmethod
+        def make_dataset(
+            directory: str | Path,
+            class_to_idx: dict[str, int],
+            extensions: tuple[str, ...] | None = None,
+            is_valid_file: Callable[[str], bool] | None = None,
+            allow_empty: bool = False,
+        ) -> list[tuple[str, int]]:
+            if is_valid_file is None:
+                exts = tuple(e.lower() for e in (extensions or ()))
+                is_valid_file = lambda path: path.lower().endswith(exts)  # noqa: E731
+            instances: list[tuple[str, int]] = []
+            seen = 0
+            for target_class in sorted(class_to_idx):
+                walked: list[tuple[str, list[str]]] = []
+                for root, dirs, files in os.walk(os.path.join(directory, target_class)):
+                    seen += len(dirs) + len(files)
+                    if seen > MAX_ENTRIES:
+                        raise DatasetError(
+                            f"{directory}: more than {MAX_ENTRIES:,} entries under the class folders; "
+                            "not an image folder"
+                        )
+                    walked.append((root, files))
+                for root, files in sorted(walked):  # torchvision's order: by folder path, then name
+                    paths = (os.path.join(root, f) for f in sorted(files))
+                    instances.extend((p, class_to_idx[target_class]) for p in paths if is_valid_file(p))
+            found = {t for _, t in instances}
+            empty = sorted(c for c, i in class_to_idx.items() if i not in found)
+            if empty and not allow_empty:
+                raise FileNotFoundError(f"no images in the class folders {', '.join(empty)}")
+            return instances
+
+        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(
+                e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")
+            )
+            if not classes:
+                raise FileNotFoundError(f"no class folders in {directory}")
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    return VisibleImageFolder
 
 
-def _list(root: Path, *, allow_empty: bool) -> _VisibleImageFolder:
+def _list(root: Path, *, allow_empty: bool) -> Any:
     try:
-        return _VisibleImageFolder(str(root), allow_empty=allow_empty)
+        return _folder_class()(str(root), allow_empty=allow_empty)
     except FileNotFoundError as exc:
         raise DatasetError(f"{root}: no images found ({exc})") from None
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Any
 
 import torch.nn as nn
-from torchvision import models as tvm
-from torchvision.models.vision_transformer import VisionTransformer
 
 from unlearning_core.models.registry import register_model
 
@@ -39,6 +38,15 @@ def _min_size(image_size: tuple[int, int]) -> tuple[int, int]:
     return max(image_size[0], MIN_INPUT), max(image_size[1], MIN_INPUT)
 
 
+def _tvm() -> Any:
+    """``torchvision.models``, imported when a model is built, not when the names are
+    registered: importing torchvision costs over a second, which every ``lethe`` command
+    and worker start paid even for the small built-in models."""
+    from torchvision import models
+
+    return models
+
+
 def _is_small(size: tuple[int, int]) -> bool:
     return min(size) <= SMALL_INPUT
 
@@ -46,7 +54,7 @@ def _is_small(size: tuple[int, int]) -> bool:
 @register_model("alexnet")
 def alexnet(*, in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
     """AlexNet; a 3x3 stride-1 first conv for small images (its pools still fit 32 px)."""
-    net = tvm.alexnet(weights=None, num_classes=num_classes)
+    net = _tvm().alexnet(weights=None, num_classes=num_classes)
     size = _min_size(image_size)
     if _is_small(size):
         net.features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1)
@@ -78,7 +86,7 @@ def _resnet(
 def resnet18(*, in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
     """ResNet-18; CIFAR stem for small images."""
     return _resnet(
-        tvm.resnet18, in_channels=in_channels, image_size=image_size, num_classes=num_classes
+        _tvm().resnet18, in_channels=in_channels, image_size=image_size, num_classes=num_classes
     )
 
 
@@ -86,7 +94,7 @@ def resnet18(*, in_channels: int, image_size: tuple[int, int], num_classes: int)
 def resnet50(*, in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
     """ResNet-50; CIFAR stem for small images."""
     return _resnet(
-        tvm.resnet50, in_channels=in_channels, image_size=image_size, num_classes=num_classes
+        _tvm().resnet50, in_channels=in_channels, image_size=image_size, num_classes=num_classes
     )
 
 
@@ -110,6 +118,8 @@ def vit(*, in_channels: int, image_size: tuple[int, int], num_classes: int) -> n
     small images are resized to that square first. ``class_token`` is the first state_dict
     key: it belongs to the embedding (stem), together with ``conv_proj``.
     """
+    from torchvision.models.vision_transformer import VisionTransformer
+
     side, patch = _vit_geometry(image_size)
     net = VisionTransformer(
         image_size=side,
