@@ -170,3 +170,27 @@ async def client(service_env: str):
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def lethe_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """``lethe_main(*args)``: the ``lethe`` ML commands through the console script's ``main`` in
+    this process, as ``subprocess.CompletedProcess`` (exit status, stdout, stderr): the same
+    status and output as a new interpreter, without its start-up for every case, and with
+    whatever the test registered (a toy method or metric) in the registries."""
+    import subprocess
+    import sys
+
+    from unlearning_core.cli.main import main
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        monkeypatch.setattr(sys, "argv", ["lethe", *args])
+        monkeypatch.setenv("COLUMNS", "320")
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main()
+        out = capsys.readouterr()
+        code = exited.value.code
+        return subprocess.CompletedProcess(list(args), code if isinstance(code, int) else 1, out.out, out.err)
+
+    return run

@@ -129,30 +129,9 @@ def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def lethe_here(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
-) -> subprocess.CompletedProcess[str]:
-    """``lethe ARGS`` through the console script's ``main`` in this process (the ``toy``
-    fixture registered the method): the same exit status and output as a new interpreter,
-    without paying its start-up for every case."""
-    from unlearning_core.cli.main import main
 
-    monkeypatch.setattr(sys, "argv", ["lethe", *args])
-    monkeypatch.setenv("COLUMNS", "320")
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out = capsys.readouterr()
-    code = exited.value.code
-    return subprocess.CompletedProcess(args, code if isinstance(code, int) else 1, out.out, out.err)
-
-
-def test_lethe_methods_lists_the_toy_and_its_option(
-    toy: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    listed = {
-        m["name"]: m for m in last_json(lethe_here(capsys, monkeypatch, "methods", "--json"))["methods"]
-    }
+def test_lethe_methods_lists_the_toy_and_its_option(toy: str, lethe_main) -> None:  # type: ignore[no-untyped-def]
+    listed = {m["name"]: m for m in last_json(lethe_main("methods", "--json"))["methods"]}
     toy = listed[NAME]
     assert toy["guarantee"] == "approximate"
     assert toy["trained_with"] == ["plain", "amnesiac", "partial-amnesiac"]
@@ -168,11 +147,11 @@ def test_lethe_methods_lists_the_toy_and_its_option(
     assert "prune_search" in options["partial-amnesiac"] and "prune_search" not in options["amnesiac"]
     assert {"steps", "lr", "mix_retain"} <= options["label-flip"] and "scale" not in options["label-flip"]
     assert listed["sisa"]["trained_with"] == ["sisa"] and listed["retrain"]["guarantee"] == "exact"
-    table = lethe_here(capsys, monkeypatch, "methods").stdout
+    table = lethe_main("methods").stdout
     assert NAME in table and "scale" in table and "shrink the distance" in table
 
 
-def test_lethe_unlearn_option_reaches_the_method(store_copy: Path) -> None:
+def test_lethe_unlearn_option_reaches_the_method(store_copy: Path, toy: str, lethe_main) -> None:  # type: ignore[no-untyped-def]
     base = ["unlearn", "--store", str(store_copy), "--run-id", RUN_ID, "--method", NAME,
             "--forget-subject", SUBJECT, "--no-evaluate", "--device", "cpu", "--json"]
     out = last_json(lethe_with_toy(*base, "--option", "scale=3"))
@@ -183,7 +162,8 @@ def test_lethe_unlearn_option_reaches_the_method(store_copy: Path) -> None:
     assert same_state(published, expected_weights(store, 3.0))
     assert not same_state(published, run.load_weights(run.spec.trained_weights))  # not a no-op
     # a dedicated flag feeds the same options; JSON values parse, the rest stay strings
-    dry = last_json(lethe_with_toy(*base, "--dry-run", "--recovery-steps", "2", "--option", "scale=0.5"))
+    # (in this process: the plugin-style process above already showed the registration path)
+    dry = last_json(lethe_main(*base, "--dry-run", "--recovery-steps", "2", "--option", "scale=0.5"))
     assert dry["method_options"] == {"recovery_steps": 2, "seed": 0, "scale": 0.5} and dry["version"] is None
 
 
@@ -199,16 +179,11 @@ def test_lethe_unlearn_option_reaches_the_method(store_copy: Path) -> None:
         (["--mix-retain", "0.5"], ["'mix_retain'", "label-flip", "--mix-retain"]),
     ],
 )
-def test_lethe_unlearn_refuses_bad_options_naming_them(
-    toy: str,
-    trained: Path,
-    args: list[str],
-    needles: list[str],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+def test_lethe_unlearn_refuses_bad_options_naming_them(  # type: ignore[no-untyped-def]
+    toy: str, trained: Path, args: list[str], needles: list[str], lethe_main
 ) -> None:
-    proc = lethe_here(capsys, monkeypatch, "unlearn", "--store", str(trained), "--run-id", RUN_ID,
-                      "--method", NAME, "--forget-subject", SUBJECT, "--device", "cpu", *args)
+    proc = lethe_main("unlearn", "--store", str(trained), "--run-id", RUN_ID, "--method", NAME,
+                      "--forget-subject", SUBJECT, "--device", "cpu", *args)
     err = " ".join(proc.stderr.replace("│", " ").split())
     assert proc.returncode == 2, proc.stderr
     for needle in needles:
