@@ -249,6 +249,28 @@ class Lease(Generic[RowT]):
             db.commit()
             return held
 
+    def _end_attempt(
+        self,
+        *,
+        session_factory: SessionFactory,
+        token: LeaseToken,
+        hook: OnChange | None,
+        **values: Any,
+    ) -> bool:
+        """Set ``values`` on the row the token holds and run the kind's ``hook``, in one
+        transaction; False (nothing written) when the token no longer holds it."""
+        with session_factory() as db:
+            held = self.lock_held(db, token)
+            if held is None:
+                return False
+            parent, row = held
+            for name, value in values.items():
+                setattr(row, name, value)
+            if hook is not None:
+                hook(db, parent, row)
+            db.commit()
+            return True
+
     def release(
         self,
         *,
@@ -257,19 +279,12 @@ class Lease(Generic[RowT]):
         error: str,
         on_release: OnChange | None = None,
     ) -> bool:
-        """Hand a job hit by a transient fault back to the queue (a retry is scheduled)."""
-        with session_factory() as db:
-            held = self.lock_held(db, token)
-            if held is None:
-                return False
-            parent, row = held
-            row.status = JobState.QUEUED
-            row.error = error
-            row.heartbeat_at = utcnow()  # the dispatcher leaves it to the scheduled retry a while
-            if on_release is not None:
-                on_release(db, parent, row)
-            db.commit()
-            return True
+        """Hand a job hit by a transient fault back to the queue (a retry is scheduled); its
+        ``heartbeat_at`` makes the dispatcher leave it to that retry a while."""
+        return self._end_attempt(
+            session_factory=session_factory, token=token, hook=on_release,
+            status=JobState.QUEUED, error=error, heartbeat_at=utcnow(),
+        )
 
     def fail(
         self,
@@ -280,18 +295,10 @@ class Lease(Generic[RowT]):
         on_fail: OnChange | None = None,
     ) -> bool:
         """Mark the held job ``failed`` with ``error`` (and the kind's audit, in ``on_fail``)."""
-        with session_factory() as db:
-            held = self.lock_held(db, token)
-            if held is None:
-                return False
-            parent, row = held
-            row.status = JobState.FAILED
-            row.error = error
-            row.finished_at = utcnow()
-            if on_fail is not None:
-                on_fail(db, parent, row)
-            db.commit()
-            return True
+        return self._end_attempt(
+            session_factory=session_factory, token=token, hook=on_fail,
+            status=JobState.FAILED, error=error, finished_at=utcnow(),
+        )
 
     def requeue_abandoned(
         self, *, session_factory: SessionFactory, on_requeue: OnChange | None = None
