@@ -194,3 +194,20 @@ def lethe_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPat
         return subprocess.CompletedProcess(list(args), code if isinstance(code, int) else 1, out.out, out.err)
 
     return run
+
+
+def lethe_with_plugin(plugin: str, *args: str, check: bool = True):  # type: ignore[no-untyped-def]
+    """``lethe ARGS`` in a new interpreter that first ran ``tests.<plugin>.register()``, as a
+    user's plugin module would register a method or metric before the CLI runs."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    boot = (f"from tests import {plugin}; {plugin}.register(); "
+            "from unlearning_core.cli.main import main; main()")
+    env = {**os.environ, "COLUMNS": "320", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", boot, *args], capture_output=True, text=True,
+                          timeout=300, cwd=root, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

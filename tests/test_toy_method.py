@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from safetensors.torch import load as load_safetensors
 from sqlalchemy import func, select
 
 from tests import toy_method
-from tests.conftest import bearer
+from tests.conftest import bearer, lethe_with_plugin
 from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 from tests.toy_method import NAME, shrunk
 from unlearning_core.data import load_dataset
@@ -112,17 +111,9 @@ def test_unregistered_after_the_test() -> None:
 
 # --- the CLI, in a process that registered the toy -------------------------------------------
 
-BOOT = "from tests import toy_method; toy_method.register(); from unlearning_core.cli.main import main; main()"
-
-
 def lethe_with_toy(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``lethe ARGS`` in a new interpreter that registered the toy first, as a plugin would."""
-    env = {**os.environ, "COLUMNS": "320", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", BOOT, *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=env)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return lethe_with_plugin("toy_method", *args, check=check)
 
 
 def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:

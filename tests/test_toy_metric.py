@@ -16,8 +16,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -28,7 +26,7 @@ import pytest
 import torch
 
 from tests import toy_metric
-from tests.conftest import bearer
+from tests.conftest import bearer, lethe_with_plugin
 from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 from unlearning_core import pipeline
 from unlearning_core.data import Dataset, load_dataset
@@ -186,16 +184,9 @@ def test_toy_metric_in_evaluate_unlearning(toy: str, trained: Path) -> None:
 
 # --- the CLI, in a process that registered the toy ---------------------------------------
 
-BOOT = "from tests import toy_metric; toy_metric.register(); from unlearning_core.cli.main import main; main()"
-
-
 def lethe_with_toy(*args: str) -> str:
     """``lethe ARGS`` in a new interpreter that registered the toy first, as a plugin would."""
-    env = {**os.environ, "COLUMNS": "320", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", BOOT, *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    return lethe_with_plugin("toy_metric", *args).stdout
 
 
 def table_cells(text: str) -> list[list[str]]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -229,6 +230,39 @@ def _publish(
         db.commit()
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """A training run as its worker needs it, read in one short transaction (detached rows)."""
+
+    run_id: str
+    status: str
+    token: LeaseToken  # the attempt holding the run now
+    config: dict[str, Any]
+    model: Model
+    dataset: Dataset
+    erased: int  # erased samples of its dataset (training on them is refused)
+
+
+def _run_context(session_factory: SessionFactory, run_pk: int) -> RunContext:
+    with session_factory() as db:
+        run = db.get(TrainingRun, run_pk)
+        assert run is not None, f"training run {run_pk} vanished"
+        model = db.get(Model, run.model_id)
+        dataset = db.get(Dataset, model.dataset_id) if model else None
+        assert model is not None and dataset is not None
+        ctx = RunContext(
+            run_id=run.run_id,
+            status=run.status,
+            token=LeaseToken(job_id=run.id, attempt=run.attempts),
+            config=dict(run.config or {}),
+            model=model,
+            dataset=dataset,
+            erased=service.erased_count(db=db, dataset_id=dataset.id),
+        )
+        db.expunge_all()
+    return ctx
+
+
 def process_training_run(
     *,
     session_factory: SessionFactory,
@@ -240,15 +274,10 @@ def process_training_run(
     """Train one claimed run and publish version 0 under the lease policy
     (:func:`api.jobs.policy.execute`); False if it failed. With ``retry_transient``, a
     transient fault puts the run back in the queue and is re-raised (for a Celery retry)."""
-    with session_factory() as db:
-        run = db.get(TrainingRun, token.job_id)
-        assert run is not None, f"training run {token.job_id} vanished"
-        model = db.get(Model, run.model_id)
-        dataset = db.get(Dataset, model.dataset_id) if model else None
-        assert model is not None and dataset is not None
-        erased = service.erased_count(db=db, dataset_id=dataset.id)
-        run_id, config = run.run_id, dict(run.config)
-        db.expunge_all()
+    ctx = _run_context(session_factory, token.job_id)
+    run_id, config, model, dataset, erased = (
+        ctx.run_id, ctx.config, ctx.model, ctx.dataset, ctx.erased
+    )
     log.info(
         "training %s (model %s, %s on %s)", run_id, model.name, model.architecture, dataset.name
     )
@@ -339,28 +368,11 @@ def _check_and_publish(
 # --- SISA with a broker: one task per shard ----------------------------------------------
 
 
-def _sisa_context(session_factory: SessionFactory, run_pk: int) -> dict[str, Any] | None:
+def _sisa_context(session_factory: SessionFactory, run_pk: int) -> RunContext | None:
     """What a shard task or the fan-out needs of a SISA run; None if it is not SISA."""
-    with session_factory() as db:
-        run = db.get(TrainingRun, run_pk)
-        assert run is not None, f"training run {run_pk} vanished"
-        model = db.get(Model, run.model_id)
-        dataset = db.get(Dataset, model.dataset_id) if model else None
-        assert model is not None and dataset is not None
-        if model.method != TrainingMethod.SISA and (run.config or {}).get("method") != TrainingMethod.SISA:
-            return None
-        erased = service.erased_count(db=db, dataset_id=dataset.id)
-        out = {
-            "run_id": run.run_id,
-            "status": run.status,
-            "token": LeaseToken(job_id=run.id, attempt=run.attempts),
-            "config": dict(run.config),
-            "model": model,
-            "dataset": dataset,
-            "erased": erased,
-        }
-        db.expunge_all()
-    return out
+    ctx = _run_context(session_factory, run_pk)
+    is_sisa = TrainingMethod.SISA in (ctx.model.method, ctx.config.get("method"))
+    return ctx if is_sisa else None
 
 
 def _refuse_erased(dataset: Dataset, erased: int) -> None:
@@ -396,11 +408,11 @@ def fan_out_sisa_training(
     ctx = _sisa_context(session_factory, token.job_id)
     if ctx is None:
         return None
-    run_id, dataset = ctx["run_id"], ctx["dataset"]
+    run_id, dataset = ctx.run_id, ctx.dataset
 
     def untrained_shards() -> list[int]:
-        _refuse_erased(dataset, ctx["erased"])
-        _training, _recording, sisa = _configs(ctx["config"])
+        _refuse_erased(dataset, ctx.erased)
+        _training, _recording, sisa = _configs(ctx.config)
         assert sisa is not None
         if store.exists(f"{run_prefix(run_id)}/run.json"):
             return []
@@ -463,16 +475,16 @@ def process_training_shard(
     with retries left is re-raised for a Celery retry and the run stays ``running`` (if
     the retry comes later than the stale period, the run is fanned out again)."""
     ctx = _sisa_context(session_factory, run_pk)
-    if ctx is None or ctx["status"] != JobState.RUNNING:
+    if ctx is None or ctx.status != JobState.RUNNING:
         return "skipped"
-    token: LeaseToken = ctx["token"]
+    token: LeaseToken = ctx.token
     if not LEASE.beat(session_factory=session_factory, token=token):
         return "skipped"
-    run_id, model, dataset = ctx["run_id"], ctx["model"], ctx["dataset"]
+    run_id, model, dataset = ctx.run_id, ctx.model, ctx.dataset
     dev = _device(device)
 
     def train_shard() -> str:
-        training, _recording, sisa = _configs(ctx["config"])
+        training, _recording, sisa = _configs(ctx.config)
         assert sisa is not None
         spec = datasets.dataset_spec(dataset)
         data = load_dataset(
