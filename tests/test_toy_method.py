@@ -36,7 +36,6 @@ from unlearning_core.runs.train import train_run
 from unlearning_core.store import BlobStore, LocalBlobStore
 
 CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "toy-method-run"
 MODEL = "toy-digits"
 SUBJECT = "subject-0003"  # training samples "30".."39"

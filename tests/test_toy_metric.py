@@ -45,7 +45,6 @@ from unlearning_core.runs.train import train_run
 from unlearning_core.store import LocalBlobStore
 
 CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "toy-metric"
 TOY = toy_metric.NAME
 BUILTIN_COMPUTED = (
