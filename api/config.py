@@ -78,6 +78,25 @@ class Settings(BaseSettings):
         default="cpu",
         description="queue that training and unlearning tasks go to: cpu, or gpu where the workers have GPUs",
     )
+    compact_within_days: float | None = Field(
+        default=21, gt=0, le=366,
+        description="default policy of new models: the longest a request may stay approximate (days; unset: off)",
+    )
+    compact_after_requests: int | None = Field(
+        default=100, ge=1, description="default policy: compact once this many requests are approximate only"
+    )
+    compact_max_subtracted_share: float | None = Field(
+        default=0.5, gt=0, le=1,
+        description="default policy: compact once this share of a lineage's recorded steps was subtracted",
+    )
+    compact_max_accuracy_drop: float | None = Field(
+        default=0.02, ge=0, le=1,
+        description="default policy: compact once test accuracy fell this far below the lineage's first version",
+    )
+    compaction_retry_seconds: float = Field(
+        default=3600, ge=0,
+        description="after a compaction failed, how long before a trigger may ask for the next one",
+    )
     task_max_retries: int = Field(
         default=5, ge=0, description="retries (exponential backoff) of a task hit by a transient fault"
     )

@@ -19,6 +19,7 @@ carries `"request_id"`, the `X-Request-ID` of the response, to quote when report
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     from api.audit.views import router as audit_router
+    from api.compaction.views import router as compaction_router
     from api.datasets.views import router as datasets_router
     from api.erasure.views import admin_router, router as erasure_router
     from api.health.views import router as health_router
@@ -28,7 +29,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Lethe", version="0.1.0", description=DESCRIPTION)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (health_router, erasure_router, admin_router, registry_router, datasets_router, audit_router):
+    for router in (
+        health_router, erasure_router, admin_router, registry_router, compaction_router,
+        datasets_router, audit_router,
+    ):
         app.include_router(router)
     from api.dashboard.views import install as install_dashboard
     from api.observability.middleware import RequestContextMiddleware

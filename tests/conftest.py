@@ -211,3 +211,37 @@ def lethe_with_plugin(plugin: str, *args: str, check: bool = True):  # type: ign
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+@pytest.fixture(scope="session")
+def recorded_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recorded digits runs of :data:`tests.service_fixtures.RUNS`, in a local folder
+    (tests copy them into their own store)."""
+    import torch
+
+    from tests.service_fixtures import RUNS
+    from unlearning_core.data import load_dataset
+    from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
+    from unlearning_core.runs.train import train_run
+
+    root = tmp_path_factory.mktemp("celery-runs")
+    store = LocalBlobStore(root)
+    data = load_dataset("digits", subject_size=10)
+    for i, (run_id, (arch, record, _method, epochs, batch)) in enumerate(RUNS.items()):
+        train_run(
+            store,
+            run_id=run_id,
+            dataset=data,
+            dataset_spec=DatasetSpec(spec="digits", subject_size=10),
+            model_name=arch,
+            training=TrainingSpec(
+                epochs=epochs, batch_size=batch, lr=0.02, momentum=0.9, weight_decay=0.0, seed=i
+            ),
+            recording=RecordingSpec(
+                mode=record,
+                prune_first=0.95 if record == "partial" else 0.0,
+                prune_last=0.3 if record == "partial" else 0.0,
+            ),
+            device=torch.device("cpu"),
+        )
+    return root

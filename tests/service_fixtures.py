@@ -13,6 +13,17 @@ from unlearning_core.runs.spec import RunSpec
 from unlearning_core.store import BlobStore
 
 
+#: Recorded digits runs shared by the worker and compaction tests (the ``recorded_runs``
+#: fixture of conftest.py trains them once per session).
+RUNS = {
+    # run id: (architecture, recording, training method, epochs, batch size)
+    "celery-small": ("mlp", "partial", "partial-amnesiac", 2, 32),
+    # many small batches, every one recorded in full: on the S3 server the subtraction
+    # takes seconds, long enough to kill the worker in the middle of it
+    "celery-big": ("mlp", "full", "amnesiac", 8, 16),
+}
+
+
 def insert_trained_model(
     db: Session, *, store: BlobStore, dataset_id: int, name: str, run_id: str, architecture: str, method: str
 ) -> Model:

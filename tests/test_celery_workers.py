@@ -37,13 +37,10 @@ from api.database.core import utcnow
 from api.erasure.models import RequestJob
 from api.registry.models import Model, ModelVersion, TrainingRun
 from tests.conftest import bearer
-from tests.service_fixtures import insert_digits_dataset, insert_trained_model
-from unlearning_core.data import load_dataset
+from tests.service_fixtures import RUNS, insert_digits_dataset, insert_trained_model
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import apply_method
 from unlearning_core.artifacts import open_artifact
-from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
-from unlearning_core.runs.train import train_run
 from unlearning_core.store import BlobStore, LocalBlobStore, S3BlobStore
 from unlearning_core.weights import state_from_bytes
 
@@ -64,45 +61,6 @@ DEMO_SPEC = {
     "prune_first": 0.95,
     "prune_last": 0.3,
 }
-RUNS = {
-    # run id: (architecture, recording, training method, epochs, batch size)
-    "celery-small": ("mlp", "partial", "partial-amnesiac", 2, 32),
-    # many small batches, every one recorded in full: on the S3 server the subtraction
-    # takes seconds, long enough to kill the worker in the middle of it
-    "celery-big": ("mlp", "full", "amnesiac", 8, 16),
-}
-
-
-# ---------------------------------------------------------------------------------------
-# Fixtures and helpers
-# ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def recorded_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("celery-runs")
-    store = LocalBlobStore(root)
-    data = load_dataset("digits", subject_size=10)
-    for i, (run_id, (arch, record, _method, epochs, batch)) in enumerate(RUNS.items()):
-        train_run(
-            store,
-            run_id=run_id,
-            dataset=data,
-            dataset_spec=DatasetSpec(spec="digits", subject_size=10),
-            model_name=arch,
-            training=TrainingSpec(
-                epochs=epochs, batch_size=batch, lr=0.02, momentum=0.9, weight_decay=0.0, seed=i
-            ),
-            recording=RecordingSpec(
-                mode=record,
-                prune_first=0.95 if record == "partial" else 0.0,
-                prune_last=0.3 if record == "partial" else 0.0,
-            ),
-            device=CPU,
-        )
-    return root
-
-
 @pytest.fixture
 def broker(service_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The real Redis, a dedicated database flushed for the test; the API sends to it."""

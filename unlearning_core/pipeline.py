@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 import unlearning_core.methods  # noqa: F401  (registers the built-in methods)
-from unlearning_core.data import load_dataset
 from unlearning_core.errors import MethodError
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.methods.base import UnlearnContext, UnlearnOutcome, get_method, validate_options
@@ -24,7 +23,7 @@ from unlearning_core.methods.publish import publish_version
 from unlearning_core.metrics import MetricNames, accuracy, collect_outputs, evaluate_unlearning
 from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.ledger import LedgerStore, VersionEntry
-from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, SisaSpec, TrainingSpec
+from unlearning_core.runs.spec import DatasetSpec, LineageOrigin, RecordingSpec, SisaSpec, TrainingSpec
 from unlearning_core.report.records import ErasureRecord, save_record
 from unlearning_core.report.timeline import TimelinePoint, TimelineProbe
 from unlearning_core.runs.train import train_run
@@ -44,12 +43,12 @@ def train(
     device: torch.device,
     progress: bool = False,
     evaluate: bool = True,
+    origin: LineageOrigin | None = None,
 ) -> dict[str, Any]:
-    """Train a single model (recording as ``recording`` says) or, with ``sisa``, a SISA run."""
-    data = load_dataset(
-        dataset.spec, seed=dataset.split_seed, subject_size=dataset.subject_size,
-        test_fraction=dataset.test_fraction,
-    )
+    """Train a single model (recording as ``recording`` says) or, with ``sisa``, a SISA run.
+    ``dataset.exclude_sample_ids`` are left out; ``origin`` makes it a compaction run (a
+    new lineage continuing another's version numbers)."""
+    data = dataset.load()
     common = dict(
         run_id=run_id, dataset=data, dataset_spec=dataset, model_name=model, training=training,
         device=device, progress=progress,
@@ -57,7 +56,7 @@ def train(
     run = (
         train_sisa_run(store, sisa=sisa, **common)
         if sisa is not None
-        else train_run(store, recording=recording, **common)
+        else train_run(store, recording=recording, origin=origin, **common)
     )
     res = run.spec.results
     out: dict[str, Any] = {

@@ -4,6 +4,9 @@ Every ``lethe worker`` runs a dispatcher thread (``LETHE_DISPATCH_INTERVAL_SECON
 a thread rather than Celery beat, so there is no extra process to deploy and every worker
 can take over when another dies). One round (:func:`dispatch_once`):
 
+0. *erasure policies*: a model whose policy fires (a request approximate for too long, too
+   many of them, too much subtracted, accuracy drifted) gets a compaction queued
+   (:func:`api.compaction.service.schedule_due`);
 1. *abandoned work*: ``running`` jobs and training runs whose heartbeat is older than
    ``LETHE_JOB_STALE_SECONDS`` (their worker died: kill -9, OOM, lost machine) go back to
    ``queued`` (audited ``job.requeued``) and are enqueued once;
@@ -34,6 +37,7 @@ from sqlalchemy import text
 from api import wake
 from api.config import get_settings
 from api.database.core import get_engine, get_sessionmaker, utcnow
+from api.compaction import service as compaction
 from api.erasure import flows as erasure
 from api.registry import flows as registry
 
@@ -87,6 +91,10 @@ def dispatch_once(app: Any) -> dict[str, int]:
         if not mine:
             report["skipped"] = 1
             return report
+        try:  # the erasure policies' triggers (a compaction queued is enqueued on commit)
+            report["compactions_queued"] = len(compaction.schedule_due(session_factory=session_factory))
+        except Exception as exc:  # noqa: BLE001 - the rest of the round still runs
+            log.warning("could not check the erasure policies: %s", exc)
         jobs = erasure.requeue_abandoned(session_factory=session_factory)
         runs = registry.requeue_abandoned_training(session_factory=session_factory)
         report["requeued_jobs"], report["requeued_runs"] = len(jobs), len(runs)
@@ -143,7 +151,10 @@ class Dispatcher:
                 report = dispatch_once(self.app)
                 if any(
                     report.get(k)
-                    for k in ("requeued_jobs", "requeued_runs", "enqueued_jobs", "enqueued_runs")
+                    for k in (
+                        "requeued_jobs", "requeued_runs", "enqueued_jobs", "enqueued_runs",
+                        "compactions_queued",
+                    )
                 ):
                     log.info("dispatch: %s", report)
             except Exception as exc:  # noqa: BLE001 - the database may be away; try again later

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session
 
+from api.compaction import service as compaction
 from api.erasure import flows
 from api.registry import flows as training
 from unlearning_core.store import BlobStore
@@ -101,7 +102,8 @@ class EmbeddedWorker:
             self._thread = None
 
     def poll_once(self) -> int:
-        """One round: erasure jobs (one at a time, until none or stopped), then training."""
+        """One round: erasure jobs (one at a time, until none or stopped), then the erasure
+        policies (a compaction is queued where one fires), then training and compactions."""
         session_factory, store, device = self._resources()
         n = 0
         while not self._stop.is_set() and process_pending(
@@ -109,6 +111,7 @@ class EmbeddedWorker:
         ):
             n += 1
         if not self._stop.is_set():
+            compaction.schedule_due(session_factory=session_factory)
             n += training.process_pending_training(
                 session_factory=session_factory, store=store, device=device
             )

@@ -283,6 +283,17 @@ def register_upload(
         tmp.unlink(missing_ok=True)
 
 
+def erased_ids(*, db: Session, dataset_id: int) -> set[str]:
+    """Every tombstoned sample of the dataset (what a compaction must leave out)."""
+    return set(
+        db.scalars(
+            select(Sample.sample_id).where(
+                Sample.dataset_id == dataset_id, Sample.erased_at.is_not(None)
+            )
+        )
+    )
+
+
 def tombstone(
     *, db: Session, store: BlobStore, samples: dict[int, set[str]], request_id: str
 ) -> int:

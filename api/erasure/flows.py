@@ -42,10 +42,11 @@ from datetime import datetime
 from typing import Any
 
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit_append
+from api.compaction import service as compaction
 from api.database.core import utcnow
 from api.datasets import service as datasets
 from api.erasure import states
@@ -63,7 +64,9 @@ from unlearning_core.errors import RunError
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import MethodRun, apply_method, report
 from unlearning_core.artifacts import open_artifact
+from unlearning_core.methods import get_method
 from unlearning_core.store import BlobStore
+from unlearning_core.vocab import Guarantee
 
 log = logging.getLogger("lethe.erasure")
 
@@ -120,10 +123,17 @@ def _lock_request_of(db: Session, job_id: int, skip_locked: bool) -> ErasureRequ
 
 
 def _workable(query: Any) -> Any:
-    """Queued jobs of requests that may be worked on, oldest request first."""
+    """Queued jobs of requests that may be worked on, oldest request first (a job that
+    applies an erasure again on a compaction's new lineage belongs to a completed request
+    and is workable all the same)."""
     return (
         query.join(ErasureRequest, ErasureRequest.id == RequestJob.request_id)
-        .where(ErasureRequest.status.in_([s.value for s in states.WORKABLE]))
+        .where(
+            or_(
+                ErasureRequest.status.in_([s.value for s in states.WORKABLE]),
+                RequestJob.reapplies_job_id.is_not(None),
+            )
+        )
         .order_by(ErasureRequest.received_at, RequestJob.id)
     )
 
@@ -171,7 +181,7 @@ def claim(
     and its request workable; ``None`` otherwise. Commits ``running`` at once."""
 
     def take(db: Session, request: ErasureRequest, job: RequestJob, resumed: bool) -> Claim | None:
-        if request.status not in states.WORKABLE:
+        if request.status not in states.WORKABLE and job.reapplies_job_id is None:
             return None
         if job.version_id is not None:  # a result is already recorded: never publish twice
             log.warning(
@@ -279,6 +289,10 @@ def run_claimed(
                 "erasure job %s on %s done (request %s)",
                 claim.job_id, claim.model_name, claim.request_id,
             )
+            try:  # the model's policy may ask for the exact tier now
+                compaction.schedule_due(session_factory=session_factory, model_ids=[claim.model_id])
+            except Exception as exc:  # noqa: BLE001 - the dispatcher's round tries again
+                log.warning("could not check %s's erasure policy: %s", claim.model_name, exc)
     return outcome
 
 
@@ -450,6 +464,10 @@ def _record_result(
         )
         version = registry.version_of_entry(db=db, model_id=claim.model_id, entry=head)
     job.version_id = version.id
+    if done is None or get_method(claim.method).guarantee == Guarantee.EXACT:
+        # No sample of the request is in the lineage's training set (done is None: it
+        # never trained on them), or the method is exact: the version never saw them.
+        compaction.mark_exact(db=db, job=job, version=version)
     job.status = JobStatus.COMPLETED
     job.progress, job.step = 1.0, "done"
     job.details = details
@@ -465,6 +483,7 @@ def _record_result(
             "version": version.number,
             "new_version": changed,
             "batches_subtracted": details.get("batches_subtracted"),
+            "guarantee": Guarantee.EXACT if job.exact_at is not None else Guarantee.APPROXIMATE,
         },
     )
     db.flush()

@@ -47,7 +47,10 @@ class RequestJob(Base):
     """The work of one request on one model; links the request to the version answering it."""
 
     __tablename__ = "request_jobs"
-    __table_args__ = (Index("ix_request_jobs_status", "status"),)
+    __table_args__ = (
+        Index("ix_request_jobs_status", "status"),
+        Index("ix_request_jobs_model_exact", "model_id", "exact_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("erasure_requests.id", ondelete="CASCADE"))
@@ -70,5 +73,13 @@ class RequestJob(Base):
     #: Running: the holding worker's last sign of life (stale: the job was abandoned).
     #: Queued: when a worker last handed the job back (a retry is scheduled).
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The exact tier: the version that answers the job exactly (an exact method, a
+    #: compaction, a run that never trained on the samples) and when; NULL while the job
+    #: is answered approximately only (``version_id``).
+    exact_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    exact_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: A job that applies the erasure of job ``reapplies_job_id`` again, on the new lineage
+    #: of a compaction that still trained on its samples (they were erased while it ran).
+    reapplies_job_id: Mapped[int | None] = mapped_column(ForeignKey("request_jobs.id"), nullable=True)
 
     request: Mapped[ErasureRequest] = relationship(back_populates="jobs", lazy="raise")

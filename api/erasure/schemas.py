@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from api.datasets.schemas import NAME_PATTERN
 from api.erasure.states import JobStatus, RequestStatus
 from unlearning_core.methods import method_names
+from unlearning_core.vocab import Guarantee
 
 MAX_SAMPLE_IDS = 10_000
 MAX_MODELS = 100
@@ -133,6 +134,7 @@ class VersionOut(BaseModel):
 
 
 class JobOut(BaseModel):
+    job_id: int
     model: str
     method: str
     method_options: dict[str, Any] | None = Field(
@@ -148,7 +150,24 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     details: dict[str, Any]
-    version: VersionOut | None
+    version: VersionOut | None = Field(description="the version answering the job (its newest tier)")
+    guarantee: Guarantee = Field(
+        description="exact once a version that never saw the samples answers the job (SISA, "
+        "retrain, a compaction, or a lineage that never trained on them); approximate before"
+    )
+    approximate_version: int | None = Field(
+        description="the version of the fast (approximate) answer; null if the first answer was exact"
+    )
+    exact_version: int | None = Field(description="the version that made the job exact")
+    exact_at: datetime | None = Field(description="when the job became exact")
+    exact_due_at: datetime = Field(
+        description="when it must be exact: the model's compact_within_days after the request "
+        "was received, at the latest the request's due_at"
+    )
+    reapplies_job_id: int | None = Field(
+        description="set on a job that applies the erasure again on a compaction's new lineage "
+        "(the samples were erased while the compaction trained): the job it repeats"
+    )
 
 
 class RequestStatusOut(BaseModel):
@@ -159,7 +178,10 @@ class RequestStatusOut(BaseModel):
     method: str | None
     received_at: datetime
     due_at: datetime
-    overdue: bool
+    overdue: bool = Field(
+        description="due_at has passed and the request is not final, or not exact on every model"
+    )
+    exact: bool = Field(description="completed, and every model's job is exact")
     completed_at: datetime | None
     error: str | None
     jobs: list[JobOut]
@@ -174,6 +196,7 @@ class RequestSummary(BaseModel):
     received_at: datetime
     due_at: datetime
     overdue: bool
+    exact: bool
     completed_at: datetime | None
     error: str | None
 

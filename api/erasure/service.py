@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from api import wake
 from api.audit.models import AuditEvent
 from api.audit.service import events_for_request
 from api.auth.dependencies import Principal
+from api.compaction.policy import policy_of
 from api.config import get_settings
 from api.database.core import utcnow
 from api.datasets.models import Sample
@@ -39,6 +40,7 @@ from api.erasure.states import FINAL, JobStatus, RequestStatus
 from api.errors import ConflictError, NotFoundError
 from api.registry.models import Model, ModelVersion
 from unlearning_core.errors import ForgetSetError, MethodError
+from unlearning_core.vocab import Guarantee
 from unlearning_core.methods import OptionError, get_method, validate_options
 
 S = RequestStatus
@@ -283,12 +285,32 @@ def queued_job_ids(*, db: Session, request_id: str) -> list[int]:
 
 
 
-def is_overdue(request: ErasureRequest, now: datetime | None = None) -> bool:
-    return request.status not in FINAL and request.due_at < (now or utcnow())
+def _not_exact_clause() -> ColumnElement[bool]:
+    """Some job of the request is answered approximately only (waiting for the exact tier)."""
+    return exists().where(
+        RequestJob.request_id == ErasureRequest.id,
+        RequestJob.status == JobStatus.COMPLETED,
+        RequestJob.exact_at.is_(None),
+    )
 
 
-def _overdue_clause(now: datetime) -> ColumnElement[bool]:
-    return and_(ErasureRequest.status.not_in([s.value for s in FINAL]), ErasureRequest.due_at < now)
+def overdue_clause(now: datetime) -> ColumnElement[bool]:
+    """Past its due date and either not final, or completed but not exact on every model
+    (the approximate tier answers fast; the law asks for the exact one by the due date)."""
+    return and_(
+        ErasureRequest.due_at < now,
+        or_(
+            ErasureRequest.status.not_in([s.value for s in FINAL]),
+            and_(ErasureRequest.status == RequestStatus.COMPLETED, _not_exact_clause()),
+        ),
+    )
+
+
+def is_overdue(request: ErasureRequest, now: datetime | None = None, *, exact: bool = True) -> bool:
+    """``exact``: whether every job of the request is exact (see :func:`overdue_clause`)."""
+    if request.due_at >= (now or utcnow()):
+        return False
+    return request.status not in FINAL or (request.status == RequestStatus.COMPLETED and not exact)
 
 
 def get(*, db: Session, request_id: str, principal: Principal) -> ErasureRequest:
@@ -303,18 +325,40 @@ def get(*, db: Session, request_id: str, principal: Principal) -> ErasureRequest
     return request
 
 
+def _exact_due_at(request: ErasureRequest, model: Model) -> datetime:
+    """When the job must be exact: the model's policy (``compact_within_days`` after the
+    request was received), and never later than the legal due date."""
+    days = policy_of(model.erasure_policy).compact_within_days
+    if days is None:
+        return request.due_at
+    return min(request.due_at, request.received_at + timedelta(days=days))
+
+
 def status_of(*, db: Session, request: ErasureRequest) -> RequestStatusOut:
-    """The request with its jobs and the versions that answer them."""
+    """The request with its jobs, the versions that answer them and each one's tier."""
+    exact_version = aliased(ModelVersion)
     rows = db.execute(
-        select(RequestJob, Model.name, ModelVersion)
+        select(RequestJob, Model, ModelVersion, exact_version.number)
         .join(Model, Model.id == RequestJob.model_id)
         .outerjoin(ModelVersion, ModelVersion.id == RequestJob.version_id)
+        .outerjoin(exact_version, exact_version.id == RequestJob.exact_version_id)
         .where(RequestJob.request_id == request.id)
         .order_by(RequestJob.id)
     ).all()
     jobs = [
         JobOut(
-            model=name,
+            guarantee=Guarantee.EXACT if job.exact_at is not None else Guarantee.APPROXIMATE,
+            approximate_version=(
+                version.number
+                if version is not None and version.id != job.exact_version_id
+                else None
+            ),
+            exact_version=exact_number,
+            exact_at=job.exact_at,
+            exact_due_at=_exact_due_at(request, model),
+            reapplies_job_id=job.reapplies_job_id,
+            job_id=job.id,
+            model=model.name,
             method=job.method,
             method_options=job.method_options,
             status=JobStatus(job.status),
@@ -336,8 +380,11 @@ def status_of(*, db: Session, request: ErasureRequest) -> RequestStatusOut:
                 else None
             ),
         )
-        for job, name, version in rows
+        for job, model, version, exact_number in rows
     ]
+    exact = request.status == RequestStatus.COMPLETED and all(
+        j.exact_at is not None for j, *_ in rows if j.status != JobStatus.CANCELLED
+    )
     return RequestStatusOut(
         id=request.id,
         status=RequestStatus(request.status),
@@ -346,7 +393,8 @@ def status_of(*, db: Session, request: ErasureRequest) -> RequestStatusOut:
         method=request.method,
         received_at=request.received_at,
         due_at=request.due_at,
-        overdue=is_overdue(request),
+        overdue=is_overdue(request, exact=exact),
+        exact=exact,
         completed_at=request.completed_at,
         error=request.error,
         jobs=jobs,
@@ -390,7 +438,7 @@ def get_all(
     if filters.received_to is not None:
         conditions.append(ErasureRequest.received_at < _aware(filters.received_to))
     if filters.overdue is not None:
-        clause = _overdue_clause(now)
+        clause = overdue_clause(now)
         conditions.append(clause if filters.overdue else not_(clause))
     where = and_(*conditions)
     total = int(db.scalar(select(func.count(ErasureRequest.id)).where(where)) or 0)
@@ -404,14 +452,18 @@ def get_all(
         )
     )
     models: dict[str, list[str]] = {r.id: [] for r in requests}
+    exact: dict[str, bool] = {r.id: r.status == RequestStatus.COMPLETED for r in requests}
     if requests:
-        for request_id, name in db.execute(
-            select(RequestJob.request_id, Model.name)
+        for request_id, name, status, exact_at in db.execute(
+            select(RequestJob.request_id, Model.name, RequestJob.status, RequestJob.exact_at)
             .join(Model, Model.id == RequestJob.model_id)
             .where(RequestJob.request_id.in_(list(models)))
             .order_by(RequestJob.id)
         ):
-            models[request_id].append(name)
+            if name not in models[request_id]:
+                models[request_id].append(name)
+            if status != JobStatus.CANCELLED and exact_at is None:
+                exact[request_id] = False
     items = [
         RequestSummary(
             id=r.id,
@@ -421,7 +473,8 @@ def get_all(
             models=models[r.id],
             received_at=r.received_at,
             due_at=r.due_at,
-            overdue=is_overdue(r, now),
+            overdue=is_overdue(r, now, exact=exact[r.id]),
+            exact=exact[r.id],
             completed_at=r.completed_at,
             error=r.error,
         )
@@ -447,7 +500,7 @@ def stats(*, db: Session, principal: Principal) -> RequestStats:
     ):
         counts[status] = int(n)
     overdue = int(
-        db.scalar(select(func.count(ErasureRequest.id)).where(tenant, _overdue_clause(utcnow())))
+        db.scalar(select(func.count(ErasureRequest.id)).where(tenant, overdue_clause(utcnow())))
         or 0
     )
     mean = db.scalar(

@@ -24,7 +24,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -60,6 +60,19 @@ UNLEARN_SECONDS = Histogram(
 )
 
 
+COMPACTION_DURATION = Histogram(
+    "lethe_compaction_duration_seconds",
+    "Wall time of a compaction attempt (retraining without the erased samples, then publishing)",
+    ("outcome",),
+    registry=PROCESS_REGISTRY,
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400),
+)
+
+
+def observe_compaction(*, outcome: str, seconds: float) -> None:
+    COMPACTION_DURATION.labels(outcome=outcome).observe(seconds)
+
+
 def observe_job(*, method: str, outcome: str, seconds: float) -> None:
     JOB_DURATION.labels(method=method, outcome=outcome).observe(seconds)
 
@@ -85,8 +98,10 @@ class DatabaseCollector(Collector):
         from api.database.core import get_sessionmaker, utcnow
         from api.erasure import states
         from api.erasure.models import ErasureRequest, RequestJob
-        from api.erasure.states import FINAL, JobStatus, RequestStatus
-        from api.registry.models import TrainingRun
+        from api.erasure.states import JobStatus, RequestStatus
+        from api.compaction.service import requests_awaiting_exact
+        from api.erasure.service import overdue_clause
+        from api.registry.models import RunKind, TrainingRun
 
         up = GaugeMetricFamily("lethe_metrics_database_up", "1 if the state gauges could be read")
         try:
@@ -99,10 +114,15 @@ class DatabaseCollector(Collector):
                     ).all()
                 )
                 overdue = db.scalar(
-                    select(func.count(ErasureRequest.id)).where(
-                        ErasureRequest.status.not_in([s.value for s in FINAL]),
-                        ErasureRequest.due_at < utcnow(),
-                    )
+                    select(func.count(ErasureRequest.id)).where(overdue_clause(utcnow()))
+                )
+                awaiting_exact = requests_awaiting_exact(db=db)
+                compactions = dict(
+                    db.execute(
+                        select(TrainingRun.status, func.count(TrainingRun.id))
+                        .where(TrainingRun.kind == RunKind.COMPACTION)
+                        .group_by(TrainingRun.status)
+                    ).all()
                 )
                 jobs_queued = db.scalar(
                     select(func.count(RequestJob.id))
@@ -133,9 +153,22 @@ class DatabaseCollector(Collector):
         yield requests
         yield GaugeMetricFamily(
             "lethe_erasure_requests_overdue",
-            "Erasure requests not final whose due date (GDPR: one month) has passed",
+            "Erasure requests not exact on every model (or not final) whose due date (GDPR: one month) has passed",
             value=int(overdue or 0),
         )
+        yield GaugeMetricFamily(
+            "lethe_requests_awaiting_exact",
+            "Erasure requests answered approximately on some model, waiting for a compaction (exact tier)",
+            value=awaiting_exact,
+        )
+        done = CounterMetricFamily(
+            "lethe_compactions",
+            "Compactions that ended, by outcome (completed: an exact version published; failed)",
+            labels=["outcome"],
+        )
+        for outcome in (JobStatus.COMPLETED, JobStatus.FAILED):
+            done.add_metric([outcome.value], int(compactions.get(outcome.value, 0)))
+        yield done
         depth = GaugeMetricFamily(
             "lethe_queue_depth",
             "Work waiting for a worker: queued erasure jobs of workable requests, queued training runs",

@@ -43,17 +43,18 @@ import torch
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit
+from api.compaction import flows as compaction
 from api.database.core import utcnow
 from api.datasets import service as datasets
 from api.datasets.models import Dataset
-from api.jobs.lease import Lease, LeaseToken
+from api.jobs.lease import LeaseToken
+from api.registry.lease import LEASE
 from api.jobs.policy import FAILED, execute
 from api.jobs.states import JobState
 from api.registry import service
-from api.registry.models import Model, TrainingRun
+from api.registry.models import Model, RunKind, TrainingRun
 from api.registry.schemas import RECORD_OF_METHOD, ModelCreate
 from unlearning_core import pipeline
-from unlearning_core.data import load_dataset
 from unlearning_core.errors import RunError
 from unlearning_core.metrics import accuracy, collect_outputs
 from unlearning_core.artifacts import open_artifact
@@ -73,10 +74,6 @@ def _device(device: torch.device | str | None) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(device)
 
 
-#: The job lease over ``training_runs`` (claim, heartbeat, stale detection, requeue).
-LEASE: Lease[TrainingRun] = Lease(
-    TrainingRun, kind="training run", changed_column=TrainingRun.created_at
-)
 
 
 def claim(*, session_factory: SessionFactory, run_pk: int | None = None) -> LeaseToken | None:
@@ -241,6 +238,7 @@ class RunContext:
     model: Model
     dataset: Dataset
     erased: int  # erased samples of its dataset (training on them is refused)
+    kind: str = RunKind.TRAIN  # a compaction is trained by api.compaction.flows
 
 
 def _run_context(session_factory: SessionFactory, run_pk: int) -> RunContext:
@@ -258,6 +256,7 @@ def _run_context(session_factory: SessionFactory, run_pk: int) -> RunContext:
             model=model,
             dataset=dataset,
             erased=service.erased_count(db=db, dataset_id=dataset.id),
+            kind=run.kind,
         )
         db.expunge_all()
     return ctx
@@ -273,8 +272,17 @@ def process_training_run(
 ) -> bool:
     """Train one claimed run and publish version 0 under the lease policy
     (:func:`api.jobs.policy.execute`); False if it failed. With ``retry_transient``, a
-    transient fault puts the run back in the queue and is re-raised (for a Celery retry)."""
+    transient fault puts the run back in the queue and is re-raised (for a Celery retry).
+    A compaction run is trained and published by :mod:`api.compaction.flows`."""
     ctx = _run_context(session_factory, token.job_id)
+    if ctx.kind == RunKind.COMPACTION:
+        return compaction.process_compaction(
+            session_factory=session_factory,
+            store=store,
+            device=device,
+            token=token,
+            retry_transient=retry_transient,
+        )
     run_id, config, model, dataset, erased = (
         ctx.run_id, ctx.config, ctx.model, ctx.dataset, ctx.erased
     )
@@ -487,12 +495,7 @@ def process_training_shard(
         training, _recording, sisa = _configs(ctx.config)
         assert sisa is not None
         spec = datasets.dataset_spec(dataset)
-        data = load_dataset(
-            spec.spec,
-            seed=spec.split_seed,
-            subject_size=spec.subject_size,
-            test_fraction=spec.test_fraction,
-        )
+        data = spec.load()
         common: dict[str, Any] = {
             "dataset": data,
             "model_name": model.architecture,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueConstraint
@@ -10,6 +11,11 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from api.database.core import Base, UTCDateTime, utcnow
 from api.jobs.states import JobState
+
+
+class RunKind(StrEnum):
+    TRAIN = "train"
+    COMPACTION = "compaction"
 
 
 class Model(Base):
@@ -23,6 +29,9 @@ class Model(Base):
     unlearn_method: Mapped[str] = mapped_column(String(32))  # default method for erasure requests
     status: Mapped[str] = mapped_column(String(16), default="training")  # training|ready|failed
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: When it is compacted (:class:`unlearning_core.compaction.CompactionPolicy` as JSON);
+    #: NULL: the settings' defaults.
+    erasure_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     runs: Mapped[list[TrainingRun]] = relationship(back_populates="model", lazy="raise")
     versions: Mapped[list[ModelVersion]] = relationship(
@@ -53,6 +62,11 @@ class TrainingRun(Base):
     #: How many times a worker claimed the run; with the id, the attempt token.
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: ``train`` (the model's first run) or ``compaction`` (a retraining without every
+    #: erased sample: a new lineage, see :mod:`api.compaction`).
+    kind: Mapped[str] = mapped_column(String(16), default=RunKind.TRAIN, server_default=RunKind.TRAIN)
+    #: What asked for a compaction (:class:`unlearning_core.compaction.Trigger`).
+    trigger: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     model: Mapped[Model] = relationship(back_populates="runs", lazy="raise")
 

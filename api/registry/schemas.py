@@ -14,6 +14,7 @@ from unlearning_core.models import model_names
 # What a training method records (re-exported for the registry's flows) and the unlearning
 # method its erasure requests use by default (a request may name any method the recorded
 # run supports): unlearning_core's vocabulary, defined once in unlearning_core.vocab.
+from unlearning_core.compaction import CompactionPolicy
 from unlearning_core.vocab import DEFAULT_UNLEARN_METHOD, TrainingMethod
 from unlearning_core.vocab import RECORD_OF_METHOD as RECORD_OF_METHOD
 
@@ -51,6 +52,12 @@ class ModelCreate(BaseModel):
         default=None,
         description="Default unlearning method of erasure requests on this model "
         "[default: retrain for plain, amnesiac for amnesiac, partial-amnesiac for partial-amnesiac, sisa for sisa]",
+    )
+    erasure_policy: CompactionPolicy | None = Field(
+        default=None,
+        description="When the model is compacted (retrained without every erased sample, "
+        "the exact tier); default: the settings' LETHE_COMPACT_* values. Change it later with "
+        "PATCH /models/{name}/policy",
     )
     epochs: int = Field(default=2, ge=1, le=1000)
     batch_size: int = Field(default=64, ge=1, le=65536)
@@ -142,6 +149,7 @@ class ModelCreate(BaseModel):
 
 class TrainingRunOut(BaseModel):
     run_id: str
+    kind: str = Field(description="train (the first training) or compaction")
     status: str = Field(description="queued | running | completed | failed")
     error: str | None
     store_url: str
@@ -165,6 +173,7 @@ class ModelSummary(BaseModel):
 
 class ModelOut(ModelSummary):
     versions: int = Field(description="How many versions exist")
+    erasure_policy: CompactionPolicy = Field(description="When the model is compacted")
     training: TrainingRunOut | None = Field(
         description="The training run (status, error, configuration)"
     )
@@ -177,7 +186,8 @@ class VersionOut(BaseModel):
         description="The version this one was derived from (null for the trained version 0)"
     )
     method: str = Field(
-        description="`train` for version 0, else the unlearning method that produced it"
+        description="`train` for version 0, `compact` for a compaction (a retraining without "
+        "every erased sample, exact), else the unlearning method that produced it"
     )
     created_at: datetime
     weights_sha256: str

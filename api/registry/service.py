@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from api import wake
 from api.audit.models import AuditEvent
 from api.audit.service import append as audit
+from api.compaction.policy import default_policy
 from api.datasets import service as datasets
 from api.datasets.models import Dataset, Sample
 from api.erasure.models import ErasureRequest, RequestJob
@@ -195,6 +196,7 @@ def create(
         method=spec.method,
         unlearn_method=spec.unlearn_method,
         status="training",
+        erasure_policy=(spec.erasure_policy or default_policy()).model_dump(mode="json"),
     )
     try:
         db.add(model)
@@ -235,14 +237,29 @@ def create(
 def lock_lineage(*, db: Session, model_id: int) -> TrainingRun | None:
     """Lock the model's completed training run ``FOR UPDATE``: the lineage lock. Every change
     to a model's versions and ledger holds it, so concurrent erasures of one model are
-    applied one after another."""
-    return db.scalar(
+    applied one after another.
+
+    A compaction publishes a new lineage while holding the old one's lock; whoever waited
+    for that lock then finds the newer run (each statement sees what committed before it
+    ran) and takes its lock instead, so no erasure is applied to a replaced lineage."""
+    newest = (
         select(TrainingRun)
         .where(TrainingRun.model_id == model_id, TrainingRun.status == JobState.COMPLETED)
         .order_by(TrainingRun.id.desc())
         .limit(1)
-        .with_for_update()
     )
+    locked = db.scalar(newest.with_for_update())
+    while locked is not None:
+        latest = db.scalar(newest.with_only_columns(TrainingRun.id))
+        if latest == locked.id:
+            return locked
+        locked = db.scalar(
+            select(TrainingRun)
+            .where(TrainingRun.id == latest)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    return None
 
 
 def version_payload(

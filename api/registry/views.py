@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from api.auth.dependencies import AdminDep, DbDep, RegistryDep, require_scope
 from api.blobs import get_store
+from api.compaction.policy import policy_of
 from api.registry import service
 from api.registry.dependencies import LATEST, ModelDep, VersionDep
 from api.registry.models import Model, ModelVersion
@@ -51,8 +52,10 @@ def _model_out(db, model: Model) -> ModelOut:  # type: ignore[no-untyped-def]
         latest_version=latest.number if latest else None,
         created_at=model.created_at,
         versions=service.count_versions(db=db, model_id=model.id),
+        erasure_policy=policy_of(model.erasure_policy),
         training=TrainingRunOut(
             run_id=run.run_id,
+            kind=run.kind,
             status=run.status,
             error=run.error,
             store_url=run.store_url,

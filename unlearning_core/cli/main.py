@@ -255,6 +255,30 @@ def unlearn(
     _emit(result, as_json, f"{method} on {run_id}")
 
 
+@app.command()
+def compact(
+    store: StoreOpt,
+    run_id: RunIdOpt,
+    new_run_id: Annotated[str | None, typer.Option("--new-run-id", help="Name of the new run [default: RUN_ID-cN, N its first version].")] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrain a run from scratch without every sample its ledger erased: a new lineage
+    whose first version is exact and continues the version numbers."""
+    from unlearning_core.compaction import compact as run_compaction
+    from unlearning_core.store import open_store
+    from unlearning_core.training.loop import resolve_device
+
+    _run_id_ok(run_id)
+    if new_run_id is not None:
+        _run_id_ok(new_run_id)
+    result = run_compaction(
+        open_store(store), run_id=run_id, new_run_id=new_run_id,
+        device=resolve_device(device), progress=True,
+    )
+    _emit(result, as_json, f"compacted {run_id} into {result['run_id']}")
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     """``NAME=VALUE``: the value as JSON when it parses (numbers, booleans, objects), else
     the text itself (so ``bn_repair=never`` needs no quotes)."""

@@ -101,6 +101,18 @@ class Dataset:
     def image_size(self) -> tuple[int, int]:
         return int(self.train.images.shape[2]), int(self.train.images.shape[3])
 
+    def without(self, sample_ids: Iterable[str]) -> Dataset:
+        """The same dataset with those training samples left out (ids not in it are
+        ignored: they may have been excluded before, or belong to another dataset). A
+        compaction trains on this: the retained data, every erased sample excluded."""
+        drop = set(sample_ids)
+        if not drop:
+            return self
+        keep = [i for i, sid in enumerate(self.train.sample_ids) if sid not in drop]
+        if len(keep) == len(self.train):
+            return self
+        return Dataset(self.name, self.train.subset(keep), self.test, self.num_classes, self.class_names)
+
     def with_subject_size(self, subject_size: int | None) -> Dataset:
         """Name training subjects as consecutive groups, as ``--subject-size`` asks."""
         if subject_size is None:

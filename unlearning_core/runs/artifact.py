@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from unlearning_core.data import Dataset, load_dataset
+from unlearning_core.data import Dataset
 from unlearning_core.errors import BlobNotFoundError, RunError
 from unlearning_core.models import create_model
 from unlearning_core.recording import UpdateFormat
@@ -108,9 +108,7 @@ class RecordedRun:
     def dataset(self) -> Dataset:
         """The run's dataset, checked to be the one it was trained on (same ids, labels)."""
         d = self.spec.dataset
-        dataset = load_dataset(
-            d.spec, seed=d.split_seed, subject_size=d.subject_size, test_fraction=d.test_fraction
-        )
+        dataset = d.load()
         table = self.sample_table
         if list(dataset.train.sample_ids) != table["sample_ids"] or (
             dataset.train.labels.tolist() != table["labels"]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from unlearning_core.data import Dataset
 from unlearning_core.recording import PruneSchedule, UpdateFormat
 from unlearning_core.recording.masks import MaskKind
 from unlearning_core.store import BlobRef
@@ -38,6 +39,18 @@ class DatasetSpec(BaseModel):
     split_seed: int = 0
     test_fraction: float = 0.2
     subject_size: int | None = None
+    #: Training samples left out (a compaction: every sample erased before it started).
+    exclude_sample_ids: list[str] = Field(default_factory=list)
+
+    def load(self) -> Dataset:
+        """The dataset as this spec names it, excluded samples left out."""
+        from unlearning_core.data import load_dataset
+
+        data = load_dataset(
+            self.spec, seed=self.split_seed, subject_size=self.subject_size,
+            test_fraction=self.test_fraction,
+        )
+        return data.without(self.exclude_sample_ids)
 
 
 class TrainingSpec(BaseModel):
@@ -90,6 +103,17 @@ class SisaSpec(BaseModel):
     by_subject: bool = False  # all samples of a subject in one shard and slice
 
 
+class LineageOrigin(BaseModel):
+    """Where a compaction run's lineage comes from: the run and version it replaces, and
+    what it left out. Its first version continues the model's numbering."""
+
+    run_id: str  # the lineage it replaces
+    version: int  # that lineage's head when the compaction was asked for
+    first_version: int  # the number of this run's first version (version + 1)
+    excluded_samples: int  # samples left out that the replaced lineage had trained on
+    trigger: str  # what asked for it (deadline, requests, subtracted_share, accuracy_drop, manual)
+
+
 class RunResults(BaseModel):
     steps: int  # optimizer steps
     samples_processed: int | None = None
@@ -122,3 +146,4 @@ class RunSpec(BaseModel):
     index: BlobPointer
     updates: BlobPointer
     timeline: BlobPointer | None = None  # timeline/train.json (accuracy during training)
+    origin: LineageOrigin | None = None  # set on a compaction run

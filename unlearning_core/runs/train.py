@@ -16,6 +16,7 @@ from unlearning_core.runs.writing import ensure_new_run, publish_run, put_sample
 from unlearning_core.runs.spec import (
     BlobPointer,
     DatasetSpec,
+    LineageOrigin,
     RecordingSpec,
     RunResults,
     RunSpec,
@@ -39,6 +40,7 @@ def train_run(
     recording: RecordingSpec,
     device: torch.device,
     progress: bool = False,
+    origin: LineageOrigin | None = None,
 ) -> RecordedRun:
     """Train ``model_name`` on ``dataset.train`` and store everything unlearning needs.
 
@@ -115,5 +117,6 @@ def train_run(
         index=BlobPointer.of(index),
         updates=BlobPointer.of(updates),
         timeline=BlobPointer.of(timeline_ref) if timeline_ref is not None else None,
+        origin=origin,
     )
     return publish_run(RecordedRun(store, spec))

@@ -10,6 +10,7 @@ from unlearning_core.runs.artifact import RecordedRun, run_prefix
 from unlearning_core.runs.ledger import Ledger, VersionEntry
 from unlearning_core.runs.spec import BlobPointer
 from unlearning_core.store import BlobRef, BlobStore
+from unlearning_core.vocab import COMPACT_METHOD
 
 
 def ensure_new_run(store: BlobStore, run_id: str) -> str:
@@ -31,9 +32,18 @@ def put_samples(store: BlobStore, prefix: str, train: SampleSet) -> BlobRef:
 
 
 def publish_run(run: RecordedRun, checkpoints: dict[str, list[BlobPointer]] | None = None) -> RecordedRun:
-    """Start the lineage at version 0, then write run.json last: its presence is what makes
-    the run visible, so a crash while training leaves no half-written run behind."""
-    first = VersionEntry(version=0, weights=run.spec.trained_weights, parent=None, method="train")
+    """Start the lineage at version 0 (a compaction: at its origin's next number), then
+    write run.json last: its presence is what makes the run visible, so a crash while
+    training leaves no half-written run behind."""
+    origin = run.spec.origin
+    first = (
+        VersionEntry(version=0, weights=run.spec.trained_weights, parent=None, method="train")
+        if origin is None
+        else VersionEntry(
+            version=origin.first_version, weights=run.spec.trained_weights,
+            parent=origin.version, method=COMPACT_METHOD,
+        )
+    )
     run.save_ledger(Ledger(versions=[first], checkpoints=checkpoints))
     run.store.put_json(f"{run.prefix}/run.json", run.spec.model_dump(mode="json"))
     return run

@@ -1,0 +1,396 @@
+"""The exact tier: compaction, the erasure policy, and the tier of every job.
+
+On the real PostgreSQL (and, for the kill -9 test, the real Redis and ``lethe worker``
+processes). The compaction in the middle of a stream is driven step by step in-process,
+so "a request arriving while it trains" is a fact of the test, not a race it may lose.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from api.audit.models import AuditEvent
+from api.audit.service import verify
+from api.auth.dependencies import Principal
+from api.auth.models import ApiKey
+from api.blobs import get_store
+from api.compaction import flows as compaction_flows
+from api.compaction import service as compaction
+from api.database.core import get_sessionmaker
+from api.datasets.models import Sample
+from api.erasure import service as erasure
+from api.erasure.models import ErasureRequest, RequestJob
+from api.erasure.schemas import ErasureRequestCreate
+from api.registry import flows as training
+from api.registry.models import Model, ModelVersion, TrainingRun
+from tests.conftest import bearer
+from tests.test_celery_workers import (  # noqa: F401  (fixtures)
+    broker,
+    copy_run,
+    register_digits,
+    register_model,
+    workers,
+)
+from unlearning_core.compaction import CompactionPolicy, LineageState, Trigger, due_trigger
+from unlearning_core.runs.spec import RunSpec
+from worker.embedded import process_pending
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
+
+CPU = torch.device("cpu")
+
+
+def subject(n: int) -> str:
+    return f"subject-{n:04d}"
+
+
+def requester(db) -> Principal:  # type: ignore[no-untyped-def]
+    key = db.scalar(select(ApiKey).where(ApiKey.name == "test-requester"))
+    return Principal(key_id=key.id, name=key.name, tenant=key.tenant, scopes=frozenset({"requester"}))
+
+
+def file_now(subject_id: str, model: str) -> str:
+    """File a request from its own session (as a concurrent API call would)."""
+    with get_sessionmaker()() as db:
+        request, _ = erasure.create(
+            db=db,
+            principal=requester(db),
+            body=ErasureRequestCreate(subject_id=subject_id, models=[model]),
+            idempotency_key=None,
+        )
+        return request.id
+
+
+def work(store) -> int:  # type: ignore[no-untyped-def]
+    return process_pending(session_factory=get_sessionmaker(), store=store, device=CPU)
+
+
+def status(db, request_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    db.expire_all()
+    request = db.get(ErasureRequest, request_id)
+    return erasure.status_of(db=db, request=request).model_dump(mode="json")
+
+
+def compaction_run(db, model: str) -> TrainingRun:  # type: ignore[no-untyped-def]
+    db.expire_all()
+    return db.scalar(
+        select(TrainingRun)
+        .join(Model)
+        .where(Model.name == model, TrainingRun.kind == "compaction")
+        .order_by(TrainingRun.id.desc())
+    )
+
+
+def train_claimed(run_pk: int, store) -> bool:  # type: ignore[no-untyped-def]
+    token = training.claim(session_factory=get_sessionmaker(), run_pk=run_pk)
+    assert token is not None
+    return training.process_training_run(
+        session_factory=get_sessionmaker(), store=store, device=CPU, token=token
+    )
+
+
+@pytest.fixture
+def partial_model(db_session, api_keys, recorded_runs) -> Any:
+    """Model ``m``: the recorded partial-amnesiac digits run, as training leaves it."""
+    store = get_store()
+    copy_run(recorded_runs, store, "celery-small")
+    dataset_id = register_digits(db_session)
+    register_model(db_session, store, dataset_id, "m", "celery-small")
+    return store
+
+
+async def test_a_stream_with_a_compaction_in_the_middle(
+    client, api_keys, db_session, partial_model, monkeypatch
+) -> None:
+    store = partial_model
+    admin = bearer(api_keys["admin"])
+    early = [file_now(subject(n), "m") for n in (1, 2)]
+    assert work(store) == 2
+    first = status(db_session, early[0])
+    job = first["jobs"][0]
+    assert first["status"] == "completed" and first["exact"] is False
+    assert job["guarantee"] == "approximate" and job["approximate_version"] == 1
+    assert job["exact_version"] is None and job["exact_at"] is None
+    assert job["exact_due_at"] <= first["due_at"]
+
+    resp = await client.post("/models/m/compact", headers=admin)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["trigger"] == "manual" and resp.json()["status"] == "queued"
+    again = await client.post("/models/m/compact", headers=admin)
+    assert again.status_code == 409 and "already" in again.json()["detail"]
+    run_pk = compaction_run(db_session, "m").id
+
+    during: dict[str, str] = {}
+    real_compact = compaction_flows.compact
+
+    def compact_with_arrivals(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        # Filed after the compaction started (its exclusions are fixed): answered on the
+        # old lineage while it trains ...
+        during["answered"] = file_now(subject(3), "m")
+        assert work(store) == 1
+        # ... and filed while it trains, answered once the new lineage is published.
+        during["waiting"] = file_now(subject(4), "m")
+        return real_compact(*args, **kwargs)
+
+    monkeypatch.setattr(compaction_flows, "compact", compact_with_arrivals)
+    assert train_claimed(run_pk, store)
+
+    db_session.expire_all()
+    run = db_session.get(TrainingRun, run_pk)
+    assert run.status == "completed" and run.trigger == "manual"
+    # The new lineage's ledger starts empty: one version (the compaction), nothing subtracted.
+    assert run.ledger["subtracted_steps"] == [] and run.ledger["erased_sample_ids"] == []
+    assert [v["method"] for v in run.ledger["versions"]] == ["compact"]
+    compacted = run.ledger["versions"][0]["version"]
+    assert compacted == 4  # v1, v2 (early), v3 (answered during), then the compaction
+
+    # Exact means exact: nothing tombstoned before it started is in its stored sample list.
+    spec = RunSpec.model_validate(store.get_json(f"runs/{run.run_id}/run.json"))
+    trained = set(store.get_json(spec.samples.key)["sample_ids"])
+    tombstoned_early = set(
+        db_session.scalars(select(Sample.sample_id).where(Sample.erased_by_request.in_(early)))
+    )
+    assert len(tombstoned_early) == 20 and not trained & tombstoned_early
+    assert spec.origin is not None and spec.origin.trigger == "manual"
+    during_ids = set(
+        db_session.scalars(select(Sample.sample_id).where(Sample.subject_id == subject(3)))
+    )
+    assert during_ids and during_ids <= trained  # it was still asked for nothing when the compaction started
+
+    for rid in early:
+        st = status(db_session, rid)
+        assert st["exact"] is True, __import__("json").dumps(st)
+        assert st["jobs"][0]["guarantee"] == "exact" and st["jobs"][0]["exact_version"] == compacted
+
+    # The one answered on the old lineage gets its erasure applied again on the new one.
+    mid = status(db_session, during["answered"])
+    assert [j["status"] for j in mid["jobs"]] == ["completed", "queued"]
+    assert mid["jobs"][1]["reapplies_job_id"] == mid["jobs"][0]["job_id"]
+    assert mid["status"] == "completed" and mid["exact"] is False
+
+    assert work(store) == 2  # the re-applied job and the request filed during the compaction
+    mid = status(db_session, during["answered"])
+    assert [j["version"]["number"] for j in mid["jobs"]] == [3, 5]
+    assert all(j["guarantee"] == "approximate" for j in mid["jobs"])
+    late = status(db_session, during["waiting"])
+    assert len(late["jobs"]) == 1 and late["jobs"][0]["approximate_version"] == 6
+    assert late["exact"] is False
+
+    # None lost, none answered twice: one version per job that changed the model.
+    published = db_session.scalar(
+        select(func.count(AuditEvent.id)).where(AuditEvent.kind == "version.published")
+    )
+    compactions = db_session.scalar(
+        select(func.count(AuditEvent.id)).where(AuditEvent.kind == "model.compacted")
+    )
+    jobs = db_session.scalar(select(func.count(RequestJob.id)))
+    assert (published, compactions, jobs) == (5, 1, 5)
+    assert verify(db_session)["ok"]
+
+    health = (await client.get("/models/m/health", headers=bearer(api_keys["registry"]))).json()
+    assert health["lineage"]["kind"] == "compaction" and health["lineage"]["first_version"] == 4
+    assert health["versions_since_compaction"] == 2
+    assert health["awaiting_exact"]["requests"] == 2
+    assert health["compaction"]["status"] == "completed" and health["alerts"] == []
+    metrics = (await client.get("/metrics", headers=bearer(api_keys["admin"]))).text
+    assert "lethe_requests_awaiting_exact 2.0" in metrics
+    assert 'lethe_compactions_total{outcome="completed"} 1.0' in metrics
+
+    # A second compaction makes the rest exact (both jobs of the re-applied request too).
+    monkeypatch.setattr(compaction_flows, "compact", real_compact)
+    resp = await client.post("/models/m/compact", headers=admin)
+    assert resp.status_code == 202, resp.text
+    assert train_claimed(compaction_run(db_session, "m").id, store)
+    for rid in (*early, *during.values()):
+        st = status(db_session, rid)
+        assert st["exact"] is True, __import__("json").dumps(st)
+    assert db_session.scalar(select(func.count(RequestJob.id))) == 5  # nothing re-applied
+    assert verify(db_session)["ok"]
+
+
+async def test_the_policy_triggers_a_compaction_and_is_validated_and_audited(
+    client, api_keys, db_session, partial_model
+) -> None:
+    store = partial_model
+    admin, registry = bearer(api_keys["admin"]), bearer(api_keys["registry"])
+    for body, field in (
+        ({"max_subtracted_share": 2}, "max_subtracted_share"),
+        ({"compact_after_requests": 0}, "compact_after_requests"),
+        ({"compact_within_days": "soon"}, "compact_within_days"),
+        ({"bogus": 1}, "bogus"),
+        ({}, "name at least one"),
+    ):
+        resp = await client.patch("/models/m/policy", json=body, headers=admin)
+        assert resp.status_code == 422, (body, resp.text)
+        assert field in resp.text
+    assert (await client.patch("/models/m/policy", json={"max_accuracy_drop": 0.5}, headers=registry)).status_code == 403
+    assert (await client.patch("/models/nope/policy", json={"max_accuracy_drop": 0.5}, headers=admin)).status_code == 404
+    resp = await client.patch(
+        "/models/m/policy", json={"compact_after_requests": 2, "max_accuracy_drop": None}, headers=admin
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["compact_after_requests"] == 2 and resp.json()["max_accuracy_drop"] is None
+    assert resp.json()["compact_within_days"] == 21  # untouched
+    event = db_session.scalar(select(AuditEvent).where(AuditEvent.kind == "model.policy_changed"))
+    assert event.payload["before"]["compact_after_requests"] == 100
+    assert event.payload["after"]["compact_after_requests"] == 2
+    assert event.payload["changed"] == ["compact_after_requests", "max_accuracy_drop"]
+    assert event.actor == "test-admin"
+    model = (await client.get("/models/m", headers=registry)).json()
+    assert model["erasure_policy"]["compact_after_requests"] == 2
+
+    file_now(subject(1), "m")
+    assert work(store) == 1
+    assert compaction_run(db_session, "m") is None  # one waiting request: not yet
+    health = (await client.get("/models/m/health", headers=registry)).json()
+    requests_trigger = next(t for t in health["triggers"] if t["trigger"] == "requests")
+    assert requests_trigger == {**requests_trigger, "value": 1, "threshold": 2, "fires": False}
+    file_now(subject(2), "m")
+    assert work(store) == 1  # ... the second one fires the requests trigger after its job
+    run = compaction_run(db_session, "m")
+    assert run is not None and run.status == "queued" and run.trigger == "requests"
+    queued = db_session.scalar(select(AuditEvent).where(AuditEvent.kind == "model.compaction_queued"))
+    assert queued.actor == "policy" and queued.payload["state"]["waiting_requests"] == 2
+
+
+async def test_a_compaction_that_cannot_run_is_failed_visibly_and_asked_again_later(
+    client, api_keys, db_session, partial_model, monkeypatch
+) -> None:
+    store = partial_model
+    file_now(subject(1), "m")
+    assert work(store) == 1
+    run = compaction.request_compaction(
+        db=db_session, model=db_session.scalar(select(Model).where(Model.name == "m")),
+        trigger=Trigger.DEADLINE, actor="policy",
+    )
+    db_session.commit()
+    spec = RunSpec.model_validate(store.get_json("runs/celery-small/run.json"))
+    store.delete(spec.samples.key)  # the data the compaction needs is gone
+    assert train_claimed(run.id, store) is False
+
+    db_session.expire_all()
+    model = db_session.scalar(select(Model).where(Model.name == "m"))
+    assert model.status == "ready"  # still serving its old lineage
+    health = (await client.get("/models/m/health", headers=bearer(api_keys["registry"]))).json()
+    assert health["compaction"]["status"] == "failed" and health["compaction"]["error"]
+    assert any("failed" in a for a in health["alerts"])
+    assert health["awaiting_exact"]["requests"] == 1
+    failed = db_session.scalar(select(AuditEvent).where(AuditEvent.kind == "model.compaction_failed"))
+    assert failed is not None and failed.payload["trigger"] == "deadline"
+    metrics = (await client.get("/metrics", headers=bearer(api_keys["admin"]))).text
+    assert 'lethe_compactions_total{outcome="failed"} 1.0' in metrics
+
+    # The policy asks again, but not before the retry period.
+    monkeypatch.setattr(
+        compaction, "policy_of", lambda _stored: CompactionPolicy(compact_after_requests=1)
+    )
+    assert compaction.schedule_due(session_factory=get_sessionmaker()) == []
+    from api.config import get_settings
+
+    monkeypatch.setenv("LETHE_COMPACTION_RETRY_SECONDS", "0")
+    get_settings.cache_clear()
+    assert len(compaction.schedule_due(session_factory=get_sessionmaker())) == 1
+
+
+async def test_a_request_on_a_sisa_model_is_exact_at_once(client, api_keys, db_session) -> None:
+    from tests.service_fixtures import insert_trained_model
+    from unlearning_core.data import load_dataset
+    from unlearning_core.runs.spec import DatasetSpec, SisaSpec, TrainingSpec
+    from unlearning_core.sisa.run import train_sisa_run
+
+    store = get_store()
+    train_sisa_run(
+        store, run_id="sisa-small", dataset=load_dataset("digits", subject_size=10),
+        dataset_spec=DatasetSpec(spec="digits", subject_size=10), model_name="mlp",
+        training=TrainingSpec(epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, seed=0),
+        sisa=SisaSpec(shards=2, slices=1), device=CPU,
+    )
+    dataset_id = register_digits(db_session)
+    insert_trained_model(
+        db_session, store=store, dataset_id=dataset_id, name="s", run_id="sisa-small",
+        architecture="mlp", method="sisa",
+    )
+    db_session.commit()
+    rid = file_now(subject(5), "s")
+    assert work(store) == 1
+    st = status(db_session, rid)
+    job = st["jobs"][0]
+    assert st["exact"] is True and job["guarantee"] == "exact"
+    assert job["exact_version"] == 1 and job["approximate_version"] is None
+    health = (await client.get("/models/s/health", headers=bearer(api_keys["registry"]))).json()
+    assert health["exact_by_construction"] is True and health["awaiting_exact"]["requests"] == 0
+    resp = await client.post("/models/s/compact", headers=bearer(api_keys["admin"]))
+    assert resp.status_code == 409 and "SISA" in resp.json()["detail"]
+
+
+def test_the_policy_fires_on_whichever_trigger_comes_first() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    policy = CompactionPolicy()
+
+    def state(**kw: Any) -> LineageState:
+        base = {"waiting_requests": 1, "oldest_waiting_at": now, "subtracted_share": 0.1,
+                "accuracy_drop": 0.0, "estimated_seconds": 3600.0}
+        return LineageState(**{**base, **kw})
+
+    assert due_trigger(policy, state(), now) is None
+    assert due_trigger(policy, state(waiting_requests=100), now) == Trigger.REQUESTS
+    assert due_trigger(policy, state(subtracted_share=0.5), now) == Trigger.SUBTRACTED_SHARE
+    assert due_trigger(policy, state(accuracy_drop=0.021), now) == Trigger.ACCURACY_DROP
+    # The deadline fires early enough for two compactions of the estimate and an hour.
+    fires = now + timedelta(days=21) - timedelta(hours=3)
+    assert due_trigger(policy, state(), fires - timedelta(seconds=1)) is None
+    assert due_trigger(policy, state(), fires) == Trigger.DEADLINE
+    # Nothing waiting: nothing to make exact, whatever the drift.
+    assert due_trigger(policy, state(waiting_requests=0, accuracy_drop=0.5), now) is None
+    off = CompactionPolicy(compact_within_days=None, compact_after_requests=None,
+                           max_subtracted_share=None, max_accuracy_drop=None)
+    assert due_trigger(off, state(waiting_requests=10**6, accuracy_drop=1.0), now + timedelta(days=400)) is None
+
+
+async def test_kill_9_during_a_compaction_publishes_one_exact_version(
+    client, api_keys, db_session, recorded_runs, workers  # noqa: F811  (workers)
+) -> None:
+    store = get_store()
+    copy_run(recorded_runs, store, "celery-big")
+    dataset_id = register_digits(db_session)
+    register_model(db_session, store, dataset_id, "big", "celery-big")
+    rid = file_now(subject(1), "big")
+    assert work(store) == 1
+    stale = {"LETHE_JOB_STALE_SECONDS": "3"}
+    first = workers("w1", **stale)
+    resp = await client.post("/models/big/compact", headers=bearer(api_keys["admin"]))
+    assert resp.status_code == 202, resp.text
+    run_id = compaction_run(db_session, "big").run_id
+    deadline = time.monotonic() + 60
+    while not store.exists(f"runs/{run_id}/weights/initial.safetensors"):  # training began
+        assert time.monotonic() < deadline, first.log()[-3000:]
+        time.sleep(0.02)
+    first.kill9()
+    assert compaction_run(db_session, "big").status == "running"
+    workers("w2", **stale)  # its dispatcher finds the stale run and queues it again
+    deadline = time.monotonic() + 150
+    while compaction_run(db_session, "big").status != "completed":
+        assert time.monotonic() < deadline, "the compaction never finished after the kill"
+        time.sleep(0.2)
+    run = compaction_run(db_session, "big")
+    assert run.attempts >= 2
+    versions = db_session.scalars(
+        select(ModelVersion.method).join(Model).where(Model.name == "big").order_by(ModelVersion.number)
+    ).all()
+    assert versions == ["train", "amnesiac", "compact"]
+    assert db_session.scalar(
+        select(func.count(AuditEvent.id)).where(AuditEvent.kind == "model.compacted")
+    ) == 1
+    assert status(db_session, rid)["exact"] is True
+    spec = RunSpec.model_validate(store.get_json(f"runs/{run.run_id}/run.json"))
+    trained = set(store.get_json(spec.samples.key)["sample_ids"])
+    erased = set(db_session.scalars(select(Sample.sample_id).where(Sample.erased_at.is_not(None))))
+    assert erased and not trained & erased
+    assert verify(db_session)["ok"]
