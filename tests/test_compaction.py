@@ -284,6 +284,13 @@ async def test_a_compaction_that_cannot_run_is_failed_visibly_and_asked_again_la
     assert failed is not None and failed.payload["trigger"] == "deadline"
     metrics = (await client.get("/metrics", headers=bearer(api_keys["admin"]))).text
     assert 'lethe_compactions_total{outcome="failed"} 1.0' in metrics
+    # ... and on the dashboard, beside the request waiting for exact.
+    login = await client.post("/dashboard/login", data={"api_key": api_keys["admin"]})
+    assert login.status_code == 303, login.text
+    models = (await client.get("/dashboard/models")).text
+    assert 'data-awaiting-exact="1"' in models and "1 alert" in models
+    page = (await client.get("/dashboard/models/m")).text
+    assert "Exact tier" in page and "failed" in page and "data-alert" in page
 
     # The policy asks again, but not before the retry period.
     monkeypatch.setattr(
@@ -394,3 +401,49 @@ async def test_kill_9_during_a_compaction_publishes_one_exact_version(
     erased = set(db_session.scalars(select(Sample.sample_id).where(Sample.erased_at.is_not(None))))
     assert erased and not trained & erased
     assert verify(db_session)["ok"]
+
+
+def test_lethe_compact_starts_a_new_lineage_without_the_erased_samples(
+    tmp_path, lethe_main, recorded_runs
+) -> None:
+    import json
+    import shutil
+
+    from unlearning_core.store import LocalBlobStore
+
+    root = tmp_path / "store"
+    shutil.copytree(recorded_runs, root)
+    common = ("--store", str(root), "--device", "cpu")
+    erased = lethe_main("unlearn", *common, "--run-id", "celery-small", "--method", "partial-amnesiac",
+                        "--forget-subject", subject(7), "--no-evaluate", "--json")
+    assert erased.returncode == 0, erased.stderr
+    done = lethe_main("compact", *common, "--run-id", "celery-small", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["run_id"] == "celery-small-c2" and result["version"] == 2
+    assert result["excluded_samples"] == 10 and result["trigger"] == "manual"
+    assert result["subtracted_steps_before"] > 0 and 0 <= result["test_acc"] <= 1
+
+    store = LocalBlobStore(root)
+    spec = RunSpec.model_validate(store.get_json("runs/celery-small-c2/run.json"))
+    trained = store.get_json(spec.samples.key)
+    assert not {s for s, subj in zip(trained["sample_ids"], trained["subject_ids"], strict=True) if subj == subject(7)}
+    assert len(trained["sample_ids"]) == result["retained_samples"]
+    ledger = store.get_json("runs/celery-small-c2/ledger.json")
+    assert ledger["subtracted_steps"] == [] and ledger["versions"][0]["parent"] == 1
+    # The new lineage serves the next request fast, numbering on ...
+    nxt = lethe_main("unlearn", *common, "--run-id", "celery-small-c2", "--method", "partial-amnesiac",
+                     "--forget-subject", subject(8), "--no-evaluate", "--json")
+    assert nxt.returncode == 0, nxt.stderr
+    assert json.loads(nxt.stdout.strip().splitlines()[-1])["version"] == 3
+    # ... and a second compaction keeps the first one's exclusions.
+    again = lethe_main("compact", *common, "--run-id", "celery-small-c2", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["run_id"] == "celery-small-c4"
+    spec = RunSpec.model_validate(store.get_json("runs/celery-small-c4/run.json"))
+    assert len(spec.dataset.exclude_sample_ids) == 20
+
+    missing = lethe_main("compact", *common, "--run-id", "nope")
+    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+    taken = lethe_main("compact", *common, "--run-id", "celery-small", "--new-run-id", "celery-small-c2")
+    assert taken.returncode == 2 and "already exists" in taken.stderr

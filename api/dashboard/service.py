@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from api.audit.models import AuditEvent
 from api.audit.service import verify
 from api.auth.dependencies import Principal
+from api.compaction import service as compaction
 from api.erasure import service as erasure
 from api.erasure.models import ErasureRequest
 from api.erasure.schemas import RequestStats, RequestStatusOut, RequestSummary
@@ -90,16 +91,27 @@ class ModelRow:
     unlearn_method: str
     status: str
     latest: int | None
+    awaiting_exact: int = 0  # requests answered approximately only
+    oldest_exact_due: Any = None  # when the oldest of them must be exact (the policy)
+    compaction: str | None = None  # the last compaction's status
+    alerts: list[str] = field(default_factory=list)
 
 
 def models(*, db: Session) -> list[ModelRow]:
-    return [
-        ModelRow(
-            name=m.name, dataset=dataset, architecture=m.architecture, method=m.method,
-            unlearn_method=m.unlearn_method, status=m.status, latest=latest,
+    rows = []
+    for m, dataset, latest in registry.get_all(db=db):
+        health = compaction.health(db=db, model=m)
+        rows.append(
+            ModelRow(
+                name=m.name, dataset=dataset, architecture=m.architecture, method=m.method,
+                unlearn_method=m.unlearn_method, status=m.status, latest=latest,
+                awaiting_exact=health["awaiting_exact"]["requests"],
+                oldest_exact_due=health["awaiting_exact"]["oldest_exact_due_at"],
+                compaction=health["compaction"]["status"] if health["compaction"] else None,
+                alerts=health["alerts"],
+            )
         )
-        for m, dataset, latest in registry.get_all(db=db)
-    ]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,7 @@ class ModelHistory:
     model: Model
     dataset: str
     versions: list[VersionRow]
+    health: dict[str, Any] = field(default_factory=dict)  # GET /models/{name}/health
 
     def chart(self) -> dict[str, Any]:
         """Chart.js data: one label per version, one series per metric (null where a
@@ -151,6 +164,7 @@ def model_history(*, db: Session, principal: Principal, name: str) -> ModelHisto
             )
             for v in versions
         ],
+        health=compaction.health(db=db, model=model),
     )
 
 
