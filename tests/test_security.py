@@ -169,6 +169,11 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/models/{name}/versions/{version}"): Row(scoped(registry=200, admin=200)),
     ("GET", "/models/{name}/versions/{version}/weights"): Row(scoped(registry=200, admin=200)),
     ("HEAD", "/models/{name}/versions/{version}/weights"): Row(scoped(registry=200, admin=200)),
+    ("GET", "/models/{name}/health"): Row(scoped(registry=200, admin=200)),
+    ("PATCH", "/models/{name}/policy"): Row(
+        scoped(admin=200), lambda c, w: {"json": {"compact_after_requests": 50}}
+    ),
+    ("POST", "/models/{name}/compact"): Row(scoped(admin=202)),
     ("GET", "/datasets"): Row(scoped(admin=200)),
     ("POST", "/datasets"): Row(
         scoped(admin=201), lambda c, w: {"json": {"name": f"d-{c}", "source": "digits", "subject_size": 10}}
