@@ -41,8 +41,10 @@ stateDiagram-v2
 
 ``received`` is never seen from outside: a request is stored, audited as received and moved
 on in the same transaction. ``completed``, ``denied`` and ``cancelled`` are final. A request
-is *overdue* when it is not final and its ``due_at`` (received + LETHE_ERASURE_DUE_DAYS,
-one month by default, GDPR Art. 12(3)) has passed.
+is *overdue* when its ``due_at`` (received + LETHE_ERASURE_DUE_DAYS, one month by default,
+GDPR Art. 12(3)) has passed while it is not final or, completed, not exact on every model
+(the exact tier: :mod:`api.compaction`). A job that applies an erasure again on a
+compaction's new lineage (``reapplies_job_id``) runs while its request stays ``completed``.
 
 Jobs (one per target model) have their own small cycle: ``pending`` (held while the request
 awaits approval) -> ``queued`` -> ``running`` -> ``completed`` | ``failed``; ``failed`` ->

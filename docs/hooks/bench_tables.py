@@ -978,12 +978,104 @@ def render_soak(name: str, data: Mapping[str, Any]) -> str:
     return _block(name, data, table(header, [row]), notes)
 
 
+def _stream_label(c: Mapping[str, Any]) -> str:
+    return f"{c.get('model')} ({c.get('method')}, record {c.get('record')})"
+
+
+def _stream_policy(c: Mapping[str, Any]) -> str:
+    return "off" if c.get("policy") == "off" else "on (default policy)"
+
+
+def render_erasure_stream(name: str, data: Mapping[str, Any]) -> str:
+    streams = {**data.get("configurations", {}), **data.get("ablations", {})}
+    within = (data.get("policy") or {}).get("compact_within_days")
+    training_rows = [
+        [m, t.get("record"), _num(t.get("steps")), secs(t.get("train_seconds")), secs(t.get("wall_seconds")),
+         size(t.get("storage_bytes"))]
+        for m, t in data.get("training", {}).items()
+    ]
+    acc_rows, cost_rows, target_rows, fire_rows = [], [], [], []
+    for key, c in streams.items():
+        label, policy = _stream_label(c), _stream_policy(c)
+        rec = _num(c.get("recovery_steps"))
+        triggers = ", ".join(f"{t} {_num(n)}" for t, n in (c.get("triggers") or {}).items()) or "-"
+        first, low = c.get("first_test_acc"), c.get("min_test_acc")
+        acc_rows.append([
+            label, policy, rec, _num(c.get("requests")),
+            f"{_num(c.get('compactions'))} ({_num(c.get('compactions_per_100_requests'), 1)} per 100)",
+            triggers,
+            acc(first),
+            f"{acc(low)} ({(low - first) * 100:+.1f} points)" if first is not None and low is not None else "-",
+            acc(c.get("final_test_acc")),
+            acc(c.get("final_retain_acc")),
+            share(c.get("max_subtracted_share")),
+            (f"{_num(c.get('max_days_to_exact'), 1)} ({_num(c.get('exact_requests'))} exact)"
+             if c.get("max_days_to_exact") is not None else f"never ({_num(c.get('exact_requests'))} exact)"),
+        ])
+        cost_rows.append([
+            label, policy, rec,
+            f"{secs(c.get('approx_seconds_total'))} ({secs(c.get('approx_seconds_median'))} median)",
+            secs(c.get("compaction_seconds_total")),
+            secs(c.get("retrain_per_request_seconds_estimate")),
+            size(c.get("max_lineage_bytes")),
+            size(c.get("final_store_bytes")),
+        ])
+        if "targets" in c:
+            t = c["targets"]
+            target_rows.append([
+                label, policy, rec,
+                _num(t.get("test_acc_within_2_points_of_first")),
+                _num(t.get("every_request_exact_within_policy_days")),
+                _num(t.get("at_most_2_compactions_per_100_requests")),
+                _num(c.get("targets_met")),
+            ])
+        if "default_policy_would_first_fire_at_request" in c:
+            fired = c["default_policy_would_first_fire_at_request"]
+            fire_rows.append([label, rec] + [
+                _num(fired[t] + 1) if t in fired else "never"
+                for t in ("requests", "subtracted_share", "accuracy_drop", "deadline")
+            ])
+    parts = [
+        table(["model", "record", "steps", "training s", "wall s", "recorded"], training_rows),
+        table(
+            ["model", "compaction", "recovery steps", "requests", "compactions (full retrainings)", "triggers",
+             "first test acc", "lowest test acc (vs first)", "final test acc", "final retain acc",
+             "most steps subtracted", f"most days to exact (policy: {_num(within)})"],
+            acc_rows,
+        ),
+        table(
+            ["model", "compaction", "recovery steps", "approximate answers s", "compactions s",
+             "retraining once per request s (estimate)", "largest lineage", "store at the end"],
+            cost_rows,
+        ),
+    ]
+    if target_rows:
+        parts.append(table(
+            ["model", "compaction", "recovery steps", "test acc never 2 points below first",
+             "every request exact within the policy's days", "at most 2 compactions per 100 (partial)",
+             "targets met"],
+            target_rows,
+        ))
+    if fire_rows:
+        parts.append(
+            "With compaction off, the request at which each trigger of the default policy would "
+            "first have fired on the never-compacted lineage:\n\n"
+            + table(["model", "recovery steps", "requests", "subtracted share", "accuracy drop", "deadline"],
+                    fire_rows)
+        )
+    data_note = data.get("data", {}).get("retain_eval")
+    if data_note:
+        parts.append(f"Accuracies: {data_note}.")
+    return _block(name, data, *parts)
+
+
 RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], str]] = {
     "affected_batches": render_affected_batches,
     "amnesiac_fashion": render_amnesiac_fashion,
     "api_load": render_api_load,
     "class_forgetting": render_class_forgetting,
     "compare_fashion": render_compare_fashion,
+    "erasure_stream": render_erasure_stream,
     "faults": render_faults,
     "recording_overhead": render_recording_overhead,
     "sample_forgetting": render_sample_forgetting,
