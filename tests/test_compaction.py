@@ -200,6 +200,7 @@ async def test_a_stream_with_a_compaction_in_the_middle(
     metrics = (await client.get("/metrics", headers=bearer(api_keys["admin"]))).text
     assert "lethe_requests_awaiting_exact 2.0" in metrics
     assert 'lethe_compactions_total{outcome="completed"} 1.0' in metrics
+    assert 'lethe_compaction_duration_seconds_count{outcome="completed"}' in metrics
 
     # A second compaction makes the rest exact (both jobs of the re-applied request too).
     monkeypatch.setattr(compaction_flows, "compact", real_compact)
@@ -477,3 +478,30 @@ def test_lethe_compact_starts_a_new_lineage_without_the_erased_samples(
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
     taken = lethe_main("compact", *common, "--run-id", "celery-small", "--new-run-id", "celery-small-c2")
     assert taken.returncode == 2 and "already exists" in taken.stderr
+
+
+async def test_a_compaction_left_complete_in_the_store_by_a_dead_worker_is_adopted(
+    db_session, partial_model
+) -> None:
+    from unlearning_core.compaction import compact
+
+    store = partial_model
+    rid = file_now(subject(1), "m")
+    assert work(store) == 1
+    run = compaction.request_compaction(
+        db=db_session, model=db_session.scalar(select(Model).where(Model.name == "m")),
+        trigger=Trigger.MANUAL, actor="test",
+    )
+    db_session.commit()
+    # A worker trained it and died before publishing: the run is complete in the store.
+    erased = list(db_session.scalars(select(Sample.sample_id).where(Sample.erased_by_request == rid)))
+    compact(store, run_id="celery-small", new_run_id=run.run_id, device=CPU, exclude=erased)
+    written = store.get_json(f"runs/{run.run_id}/run.json")
+    assert train_claimed(run.id, store)
+    assert store.get_json(f"runs/{run.run_id}/run.json") == written  # adopted, not trained again
+    version = db_session.scalar(
+        select(ModelVersion).join(Model).where(Model.name == "m", ModelVersion.method == "compact")
+    )
+    assert version.number == 2 and 0 < version.metrics["test_acc"] <= 1
+    assert version.metrics["retained_samples"] == len(store.get_json(f"runs/{run.run_id}/samples.json")["sample_ids"])
+    assert status(db_session, rid)["exact"] is True

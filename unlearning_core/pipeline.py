@@ -22,6 +22,7 @@ from unlearning_core.methods.options import MethodOptions, OptionError
 from unlearning_core.methods.publish import publish_version
 from unlearning_core.metrics import MetricNames, accuracy, collect_outputs, evaluate_unlearning
 from unlearning_core.artifacts import open_artifact
+from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.ledger import LedgerStore, VersionEntry
 from unlearning_core.runs.spec import DatasetSpec, LineageOrigin, RecordingSpec, SisaSpec, TrainingSpec
 from unlearning_core.report.records import ErasureRecord, save_record
@@ -79,6 +80,23 @@ def train(
         out["test_acc"] = accuracy(collect_outputs(net, data.test, device=device))
         out["train_acc"] = accuracy(collect_outputs(net, data.train, device=device))
     return out
+
+
+def run_metrics(run: RecordedRun, device: torch.device) -> dict[str, Any]:
+    """A stored run's training figures and its trained model's accuracies (a run adopted
+    from the store after a crash is published with these)."""
+    data = run.dataset()
+    net = run.model_with(run.load_weights(run.spec.trained_weights))
+    res = run.spec.results
+    return {
+        "train_seconds": res.train_seconds,
+        "storage_bytes": res.storage_bytes,
+        "steps": res.steps,
+        "device": res.device,
+        "test_acc": accuracy(collect_outputs(net, data.test, device=device)),
+        "train_acc": accuracy(collect_outputs(net, data.train, device=device)),
+        "retained_samples": len(data.train),
+    }
 
 
 @dataclass

@@ -49,6 +49,7 @@ from api.registry.lease import LEASE
 from api.registry.models import Model, TrainingRun
 from unlearning_core.compaction import compact
 from unlearning_core.errors import RunError
+from unlearning_core.pipeline import run_metrics
 from unlearning_core.runs.artifact import RecordedRun, run_prefix
 from unlearning_core.runs.ledger import Ledger, VersionEntry
 from unlearning_core.runs.spec import RunSpec
@@ -193,21 +194,10 @@ def _compact_and_publish(
 
 def _evaluate(store: BlobStore, spec: RunSpec, device: torch.device) -> dict[str, Any]:
     """The metrics of a compaction run adopted from the store."""
-    from unlearning_core.metrics import accuracy, collect_outputs
-
-    run = RecordedRun(store, spec)
-    data = run.dataset()
-    net = run.model_with(run.load_weights(spec.trained_weights))
     origin = spec.origin
     return {
-        "train_seconds": spec.results.train_seconds,
-        "storage_bytes": spec.results.storage_bytes,
-        "steps": spec.results.steps,
-        "device": spec.results.device,
-        "test_acc": accuracy(collect_outputs(net, data.test, device=device)),
-        "train_acc": accuracy(collect_outputs(net, data.train, device=device)),
+        **run_metrics(RecordedRun(store, spec), device),
         "excluded_samples": origin.excluded_samples if origin else None,
-        "retained_samples": len(data.train),
     }
 
 

@@ -56,7 +56,6 @@ from api.registry.models import Model, RunKind, TrainingRun
 from api.registry.schemas import RECORD_OF_METHOD, ModelCreate
 from unlearning_core import pipeline
 from unlearning_core.errors import RunError
-from unlearning_core.metrics import accuracy, collect_outputs
 from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.artifact import run_prefix
 from unlearning_core.runs.spec import RecordingSpec, RunSpec, SisaSpec, TrainingSpec
@@ -132,18 +131,7 @@ def _configs(config: dict[str, Any]) -> tuple[TrainingSpec, RecordingSpec, SisaS
 
 def _evaluate_existing(store: BlobStore, run_id: str, device: torch.device) -> dict[str, Any]:
     """Metrics of a run found already complete in the store (adopted after a crash)."""
-    run = open_artifact(store, run_id)
-    data = run.dataset()
-    net = run.model_with(run.load_weights(run.spec.trained_weights))
-    res = run.spec.results
-    return {
-        "train_seconds": res.train_seconds,
-        "storage_bytes": res.storage_bytes,
-        "steps": res.steps,
-        "device": res.device,
-        "test_acc": accuracy(collect_outputs(net, data.test, device=device)),
-        "train_acc": accuracy(collect_outputs(net, data.train, device=device)),
-    }
+    return pipeline.run_metrics(open_artifact(store, run_id), device)
 
 
 def _train_in_store(
