@@ -192,6 +192,10 @@ async def test_a_stream_with_a_compaction_in_the_middle(
     assert (published, compactions, jobs) == (5, 1, 5)
     assert verify(db_session)["ok"]
 
+    versions = (await client.get("/models/m/versions", headers=bearer(api_keys["registry"]))).json()
+    assert [(v["method"], v["guarantee"]) for v in versions][:5] == [
+        ("train", "exact"), *[("partial-amnesiac", "approximate")] * 3, ("compact", "exact"),
+    ]
     health = (await client.get("/models/m/health", headers=bearer(api_keys["registry"]))).json()
     assert health["lineage"]["kind"] == "compaction" and health["lineage"]["first_version"] == 4
     assert health["versions_since_compaction"] == 2
@@ -244,6 +248,13 @@ async def test_the_policy_triggers_a_compaction_and_is_validated_and_audited(
     assert event.actor == "test-admin"
     model = (await client.get("/models/m", headers=registry)).json()
     assert model["erasure_policy"]["compact_after_requests"] == 2
+    # Set at creation too, with the same bounds; the settings fill in what is not given.
+    body = {"dataset": "digits-subjects", "architecture": "mlp", "method": "plain", "epochs": 1}
+    bad = await client.post("/models", json={**body, "name": "p1", "erasure_policy": {"max_subtracted_share": 5}}, headers=admin)
+    assert bad.status_code == 422 and "max_subtracted_share" in bad.text
+    made = await client.post("/models", json={**body, "name": "p2", "erasure_policy": {"compact_within_days": 7}}, headers=admin)
+    assert made.status_code == 202, made.text
+    assert made.json()["erasure_policy"] == {**made.json()["erasure_policy"], "compact_within_days": 7, "compact_after_requests": 100}
 
     file_now(subject(1), "m")
     assert work(store) == 1

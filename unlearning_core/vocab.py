@@ -31,12 +31,11 @@ class Guarantee(StrEnum):
     APPROXIMATE = "approximate"  # their influence is removed approximately; metrics are the evidence
 
 
+#: The ``method`` of a lineage's first version when it was trained (version 0).
+TRAIN_METHOD = "train"
 #: The ``method`` of a version made by a compaction (a retraining from scratch that starts
 #: a new lineage): exact, like ``retrain``.
 COMPACT_METHOD = "compact"
-
-#: Version methods whose weights never saw the samples erased before them.
-EXACT_VERSION_METHODS: frozenset[str] = frozenset({"train", COMPACT_METHOD, "retrain", "sisa"})
 
 #: How a run records its updates (``RecordingSpec.mode``).
 RecordMode = Literal["none", "full", "partial"]

@@ -64,7 +64,7 @@ from unlearning_core.errors import RunError
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import MethodRun, apply_method, report
 from unlearning_core.artifacts import open_artifact
-from unlearning_core.methods import get_method
+from unlearning_core.methods import version_guarantee
 from unlearning_core.store import BlobStore
 from unlearning_core.vocab import Guarantee
 
@@ -464,7 +464,7 @@ def _record_result(
         )
         version = registry.version_of_entry(db=db, model_id=claim.model_id, entry=head)
     job.version_id = version.id
-    if done is None or get_method(claim.method).guarantee == Guarantee.EXACT:
+    if done is None or version_guarantee(version.method) == Guarantee.EXACT:
         # No sample of the request is in the lineage's training set (done is None: it
         # never trained on them), or the method is exact: the version never saw them.
         compaction.mark_exact(db=db, job=job, version=version)

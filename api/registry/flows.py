@@ -62,7 +62,7 @@ from unlearning_core.runs.spec import RecordingSpec, RunSpec, SisaSpec, Training
 from unlearning_core.sisa import run as sisa_run
 from unlearning_core.store import BlobStore
 from unlearning_core.training.loop import resolve_device
-from unlearning_core.vocab import TrainingMethod
+from unlearning_core.vocab import TRAIN_METHOD, TrainingMethod
 
 log = logging.getLogger("lethe.registry")
 
@@ -197,7 +197,7 @@ def _publish(
             model=model,
             number=0,
             parent=None,
-            method="train",
+            method=TRAIN_METHOD,
             weights=spec.trained_weights,
             metrics=metrics,
             event="model.trained",

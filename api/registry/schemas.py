@@ -15,7 +15,7 @@ from unlearning_core.models import model_names
 # method its erasure requests use by default (a request may name any method the recorded
 # run supports): unlearning_core's vocabulary, defined once in unlearning_core.vocab.
 from unlearning_core.compaction import CompactionPolicy
-from unlearning_core.vocab import DEFAULT_UNLEARN_METHOD, TrainingMethod
+from unlearning_core.vocab import DEFAULT_UNLEARN_METHOD, Guarantee, TrainingMethod
 from unlearning_core.vocab import RECORD_OF_METHOD as RECORD_OF_METHOD
 
 
@@ -188,6 +188,10 @@ class VersionOut(BaseModel):
     method: str = Field(
         description="`train` for version 0, `compact` for a compaction (a retraining without "
         "every erased sample, exact), else the unlearning method that produced it"
+    )
+    guarantee: Guarantee = Field(
+        description="exact: the weights never saw the samples erased so far (a training, a "
+        "compaction, retrain, SISA); approximate: their influence was removed by an estimate"
     )
     created_at: datetime
     weights_sha256: str

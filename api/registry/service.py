@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from api import wake
 from api.audit.models import AuditEvent
 from api.audit.service import append as audit
-from api.compaction.policy import default_policy
+from api.compaction.policy import default_policy, merged
 from api.datasets import service as datasets
 from api.datasets.models import Dataset, Sample
 from api.erasure.models import ErasureRequest, RequestJob
@@ -196,7 +196,11 @@ def create(
         method=spec.method,
         unlearn_method=spec.unlearn_method,
         status="training",
-        erasure_policy=(spec.erasure_policy or default_policy()).model_dump(mode="json"),
+        erasure_policy=(
+            merged(None, spec.erasure_policy.model_dump(exclude_unset=True))
+            if spec.erasure_policy is not None
+            else default_policy()
+        ).model_dump(mode="json"),
     )
     try:
         db.add(model)

@@ -21,6 +21,7 @@ from api.registry.models import Model, ModelVersion
 from api.registry.reports import version_report
 from api.registry.schemas import ModelCreate, ModelOut, ModelSummary, TrainingRunOut, VersionOut
 from unlearning_core.errors import BlobIntegrityError
+from unlearning_core.methods import version_guarantee
 from unlearning_core.report.html import render_pdf
 from unlearning_core.store import BlobStore
 
@@ -76,6 +77,7 @@ def _versions_out(db, model: Model, versions: list[ModelVersion], tenant: str) -
             number=v.number,
             parent=v.parent_number,
             method=v.method,
+            guarantee=version_guarantee(v.method),
             created_at=v.created_at,
             weights_sha256=v.weights_sha256,
             size=v.weights_size,

@@ -16,6 +16,7 @@ from unlearning_core.methods.base import (
     register_method,
     unregister_method,
     validate_options,
+    version_guarantee,
 )
 from unlearning_core.methods.options import MethodOptions, OptionError, PruneOptions
 
@@ -32,4 +33,5 @@ __all__ = [
     "register_method",
     "unregister_method",
     "validate_options",
+    "version_guarantee",
 ]

@@ -34,7 +34,13 @@ from unlearning_core.methods.options import MethodOptions, OptionError, describe
 from unlearning_core.runs.ledger import Ledger
 from unlearning_core.runs.spec import BlobPointer
 from unlearning_core.training.loop import sgd_steps
-from unlearning_core.vocab import SINGLE_MODEL_TRAINING, Guarantee, TrainingMethod
+from unlearning_core.vocab import (
+    COMPACT_METHOD,
+    SINGLE_MODEL_TRAINING,
+    TRAIN_METHOD,
+    Guarantee,
+    TrainingMethod,
+)
 
 __all__ = [
     "SINGLE_MODEL_TRAINING",
@@ -149,6 +155,17 @@ def get_method(name: str) -> UnlearningMethod:
         return _METHODS[name]
     except KeyError:
         raise MethodError(f"unknown unlearning method {name!r}; known: {', '.join(_METHODS)}") from None
+
+
+def version_guarantee(method: str) -> Guarantee:
+    """The guarantee of a version made by ``method``: exact for a training (``train``,
+    version 0, nothing erased yet) and a compaction (``compact``: trained without every
+    erased sample), else the unlearning method's own; a method no longer registered counts
+    as approximate (nothing proves otherwise)."""
+    if method in (TRAIN_METHOD, COMPACT_METHOD):
+        return Guarantee.EXACT
+    impl = _METHODS.get(method)
+    return impl.guarantee if impl is not None else Guarantee.APPROXIMATE
 
 
 def validate_options(

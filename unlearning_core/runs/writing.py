@@ -10,7 +10,7 @@ from unlearning_core.runs.artifact import RecordedRun, run_prefix
 from unlearning_core.runs.ledger import Ledger, VersionEntry
 from unlearning_core.runs.spec import BlobPointer
 from unlearning_core.store import BlobRef, BlobStore
-from unlearning_core.vocab import COMPACT_METHOD
+from unlearning_core.vocab import COMPACT_METHOD, TRAIN_METHOD
 
 
 def ensure_new_run(store: BlobStore, run_id: str) -> str:
@@ -37,7 +37,7 @@ def publish_run(run: RecordedRun, checkpoints: dict[str, list[BlobPointer]] | No
     training leaves no half-written run behind."""
     origin = run.spec.origin
     first = (
-        VersionEntry(version=0, weights=run.spec.trained_weights, parent=None, method="train")
+        VersionEntry(version=0, weights=run.spec.trained_weights, parent=None, method=TRAIN_METHOD)
         if origin is None
         else VersionEntry(
             version=origin.first_version, weights=run.spec.trained_weights,
