@@ -213,7 +213,9 @@ class RequestStats(BaseModel):
         description="requests per status (every status listed, zeros included)"
     )
     total: int
-    overdue: int = Field(description="requests not final whose due date has passed")
+    overdue: int = Field(
+        description="requests past their due date that are not final, or not exact on every model"
+    )
     completed: int
     mean_seconds_to_complete: float | None = Field(
         description="mean of completed_at - received_at; null if none"
