@@ -93,6 +93,10 @@ class Settings(BaseSettings):
         default=0.02, ge=0, le=1,
         description="default policy: compact once test accuracy fell this far below the lineage's first version",
     )
+    withdraw_grace_hours: float = Field(
+        default=24, ge=0, le=24 * 366,
+        description="how long a version superseded by an erasure stays downloadable (serving fleets roll over) before it answers 410",
+    )
     compaction_retry_seconds: float = Field(
         default=3600, ge=0,
         description="after a compaction failed, how long before a trigger may ask for the next one",

@@ -516,3 +516,64 @@ async def test_a_compaction_left_complete_in_the_store_by_a_dead_worker_is_adopt
     assert version.number == 2 and 0 < version.metrics["test_acc"] <= 1
     assert version.metrics["retained_samples"] == len(store.get_json(f"runs/{run.run_id}/samples.json")["sample_ids"])
     assert status(db_session, rid)["exact"] is True
+
+
+async def test_superseded_versions_are_withdrawn_after_the_grace_period(
+    client, api_keys, db_session, partial_model, monkeypatch
+) -> None:
+    from datetime import timedelta
+
+    from api.config import get_settings
+    from api.database.core import utcnow
+    from api.registry.models import VersionWithdrawal
+
+    store = partial_model
+    registry = bearer(api_keys["registry"])
+    rid = file_now(subject(1), "m")
+    assert work(store) == 1
+    # Within the grace period (24 h by default) version 0 is still served ...
+    assert (await client.get("/models/m/versions/0/weights", headers=registry)).status_code == 200
+    v0 = (await client.get("/models/m/versions/0", headers=registry)).json()
+    assert v0["withdrawn_at"] is None and v0["successor"] == 1 and v0["withdrawn_for"] == [rid]
+    assert v0["withdraw_at"] > utcnow().isoformat()
+    event = db_session.scalar(select(AuditEvent).where(AuditEvent.kind == "version.withdrawal_scheduled"))
+    assert event.payload["versions"] == [0] and event.payload["successor"] == 1
+
+    # ... and 410 once it is over, with the successor's link; latest is the successor.
+    db_session.execute(
+        VersionWithdrawal.__table__.update().values(effective_at=utcnow() - timedelta(seconds=1))
+    )
+    db_session.commit()
+    gone = await client.get("/models/m/versions/0/weights", headers=registry)
+    assert gone.status_code == 410 and gone.headers["link"] == '</models/m/versions/1>; rel="successor-version"'
+    assert "withdrawn" in gone.json()["detail"]
+    assert (await client.head("/models/m/versions/0/weights", headers=registry)).status_code == 410
+    assert (await client.get("/models/m/versions/latest/weights", headers=registry)).status_code == 200
+    listed = (await client.get("/models/m/versions", headers=registry)).json()
+    assert listed[0]["withdrawn_at"] is not None and listed[1]["withdrawn_at"] is None
+    # Another tenant's registry client sees the withdrawal, not the request ids behind it.
+    from api.auth.service import create_key
+
+    _row, globex = create_key(db_session, name="globex-registry", scopes=["registry"], tenant="globex")
+    db_session.commit()
+    theirs = (await client.get("/models/m/versions", headers=bearer(globex))).json()
+    assert theirs[0]["successor"] == 1 and theirs[0]["withdrawn_for"] == []
+
+    # With no grace, a compaction withdraws the whole earlier lineage at once.
+    monkeypatch.setenv("LETHE_WITHDRAW_GRACE_HOURS", "0")
+    get_settings.cache_clear()
+    file_now(subject(2), "m")
+    assert work(store) == 1  # v2; v1 withdrawn at once
+    assert (await client.get("/models/m/versions/1/weights", headers=registry)).status_code == 410
+    run = compaction.request_compaction(
+        db=db_session, model=db_session.scalar(select(Model).where(Model.name == "m")),
+        trigger=Trigger.MANUAL, actor="test",
+    )
+    db_session.commit()
+    assert train_claimed(run.id, store)
+    for n in (0, 1, 2):
+        resp = await client.get(f"/models/m/versions/{n}/weights", headers=registry)
+        assert resp.status_code == 410, n
+    assert (await client.get("/models/m/versions/2", headers=registry)).json()["successor"] == 3
+    latest = await client.get("/models/m/versions/latest/weights", headers=registry)
+    assert latest.status_code == 200 and latest.headers["x-lethe-version"] == "3"

@@ -630,6 +630,7 @@ async def test_embedded_worker_runs_requests_and_resumes_interrupted_jobs(
         "request.running",
         "job.started",
         "version.published",
+        "version.withdrawal_scheduled",
         "job.completed",
         "request.completed",
     ]

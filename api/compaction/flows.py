@@ -45,6 +45,7 @@ from api.jobs.policy import FAILED, execute
 from api.jobs.states import JobState
 from api.observability.metrics import observe_compaction
 from api.registry import service as registry
+from api.registry import withdrawal
 from api.registry.lease import LEASE
 from api.registry.models import Model, TrainingRun
 from unlearning_core.compaction import compact
@@ -263,9 +264,15 @@ def _publish(
         run.error = None
         run.finished_at = utcnow()
         exact, again = service.settle_compaction(db=db, model=model, version=version, trained=trained)
+        # The whole earlier lineage held what the compaction left out: withdrawn after grace.
+        if exact:
+            withdrawal.schedule(
+                db=db, model=model, successor=version, request_ids=exact, reason="compaction",
+                actor=WORKER,
+            )
         db.commit()
     log.info(
-        "compacted %s: version %d (exact; %d job(s) made exact, %d re-applied on the new lineage)",
-        start.model_name, number, exact, len(again),
+        "compacted %s: version %d (exact; %d request(s) made exact, %d job(s) re-applied on the new lineage)",
+        start.model_name, number, len(exact), len(again),
     )
     return True

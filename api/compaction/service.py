@@ -306,14 +306,14 @@ def excluded_for_compaction(*, db: Session, model: Model, erased: set[str]) -> l
 
 def settle_compaction(
     *, db: Session, model: Model, version: ModelVersion, trained: set[str]
-) -> tuple[int, list[int]]:
+) -> tuple[list[str], list[int]]:
     """After a compaction's version ``version`` is written (same transaction): every job
     answered approximately none of whose samples the compaction trained on (``trained``:
     its run's stored sample list) is exact with it; one whose samples it still trained on
     (asked for while it ran) gets a job that applies the erasure again on the new lineage.
-    Returns (jobs made exact, new job ids)."""
+    Returns (the requests of the jobs made exact, new job ids)."""
     now = utcnow()
-    exact = 0
+    exact: list[str] = []
     again: list[RequestJob] = []
     child = aliased(RequestJob)
     repeated = set(
@@ -326,7 +326,8 @@ def settle_compaction(
     for job in db.scalars(select(RequestJob).where(_awaiting(model.id)).order_by(RequestJob.id)):
         if not trained.intersection(job.sample_ids or ()):
             job.exact_version_id, job.exact_at = version.id, now
-            exact += 1
+            if job.request_id not in exact:
+                exact.append(job.request_id)
         elif job.id not in repeated:  # applied again once already: that job covers it
             again.append(job)
     new_ids: list[int] = []

@@ -21,7 +21,9 @@ from api.erasure.models import ErasureRequest
 from api.erasure.schemas import RequestStats, RequestStatusOut, RequestSummary
 from api.erasure.states import FINAL
 from api.errors import NotFoundError
+from api.database.core import utcnow
 from api.registry import service as registry
+from api.registry import withdrawal
 from api.registry.models import Model, ModelVersion
 from api.registry.reports import has_report, version_report
 from unlearning_core.metrics import MetricNames
@@ -124,6 +126,9 @@ class VersionRow:
     metrics: dict[str, Any]
     requests: list[str] = field(default_factory=list)
     has_report: bool = False  # an erasure report this tenant may read (api/registry/reports)
+    withdraw_at: Any = None  # when it is (or was) withdrawn: superseded by ``successor``
+    withdrawn: bool = False  # the withdrawal is in force (its weights answer 410)
+    successor: int | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,8 @@ def model_history(*, db: Session, principal: Principal, name: str) -> ModelHisto
     model = registry.get_or_raise(db=db, name=name)
     versions: list[ModelVersion] = registry.get_versions(db=db, model_id=model.id)
     answered = registry.answers(db=db, version_ids=[v.id for v in versions], tenant=principal.tenant)
+    gone = withdrawal.of_versions(db=db, version_ids=[v.id for v in versions])
+    now = utcnow()
     return ModelHistory(
         model=model,
         dataset=registry.dataset_name(db=db, model=model),
@@ -161,6 +168,9 @@ def model_history(*, db: Session, principal: Principal, name: str) -> ModelHisto
                 number=v.number, parent=v.parent_number, method=v.method, created_at=v.created_at,
                 weights_sha256=v.weights_sha256, metrics=v.metrics or {}, requests=answered[v.id],
                 has_report=has_report(v, principal.tenant),
+                withdraw_at=gone[v.id].effective_at if v.id in gone else None,
+                withdrawn=v.id in gone and gone[v.id].in_force(now),
+                successor=gone[v.id].successor_number if v.id in gone else None,
             )
             for v in versions
         ],

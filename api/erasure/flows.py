@@ -57,6 +57,7 @@ from api.jobs.policy import FAILED, bounded, execute
 from api.observability.context import log_context
 from api.observability.metrics import observe_job, observe_unlearn
 from api.registry import service as registry
+from api.registry import withdrawal
 from api.registry.ledger import DbLedger
 from api.registry.models import Model, ModelVersion, TrainingRun
 from api.registry.reports import publish_report
@@ -455,6 +456,10 @@ def _record_result(
             request_id=claim.request_id,
             actor=WORKER,
             report=render,
+        )
+        withdrawal.schedule(
+            db=db, model=model, successor=version, request_ids=[claim.request_id],
+            reason="erasure", actor=WORKER,
         )
     else:
         head = (

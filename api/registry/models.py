@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from api.database.core import Base, UTCDateTime, utcnow
@@ -94,3 +94,27 @@ class ModelVersion(Base):
     report_tenant: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")
+
+
+class VersionWithdrawal(Base):
+    """A version withdrawn because a newer one (``successor_number``) answers erasure
+    requests whose data it still holds: from ``effective_at`` (decided + the grace period)
+    its weights and report answer 410 Gone. A row of its own: versions stay immutable."""
+
+    __tablename__ = "version_withdrawals"
+    __table_args__ = (Index("ix_version_withdrawals_model", "model_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), unique=True
+    )
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    successor_number: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(32))  # erasure | compaction
+    #: The erasure requests whose answer superseded it (ids; shown to their tenant only).
+    request_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    def in_force(self, now: datetime) -> bool:
+        return self.effective_at <= now

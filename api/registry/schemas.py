@@ -197,6 +197,17 @@ class VersionOut(BaseModel):
     weights_sha256: str
     size: int = Field(description="Size of the safetensors weights in bytes")
     metrics: dict[str, Any]
+    withdraw_at: datetime | None = Field(
+        default=None,
+        description="when the version is (or was) withdrawn: a newer one answers erasure requests "
+        "whose data it holds; from then on its weights and report answer 410 Gone",
+    )
+    withdrawn_at: datetime | None = Field(default=None, description="set once the withdrawal is in force")
+    successor: int | None = Field(default=None, description="the version that superseded it")
+    withdrawn_for: list[str] = Field(
+        default_factory=list,
+        description="ids of the erasure requests (of your tenant) whose answer superseded it",
+    )
     answers: list[str] = Field(
         description="Ids of the erasure requests (of your tenant) this version answers"
     )

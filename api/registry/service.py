@@ -144,6 +144,20 @@ def answers(
     return out
 
 
+def tenant_requests(*, db: Session, request_ids: set[str], tenant: str) -> set[str]:
+    """Those of ``request_ids`` that belong to ``tenant`` (request ids are another tenant's
+    handles to its data subjects: never shown across tenants)."""
+    if not request_ids:
+        return set()
+    return set(
+        db.scalars(
+            select(ErasureRequest.id).where(
+                ErasureRequest.id.in_(list(request_ids)), ErasureRequest.tenant == tenant
+            )
+        )
+    )
+
+
 def erased_count(*, db: Session, dataset_id: int) -> int:
     return int(
         db.scalar(

@@ -7,7 +7,7 @@ raised by :mod:`api.registry.dependencies`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -15,7 +15,8 @@ from fastapi.responses import StreamingResponse
 from api.auth.dependencies import AdminDep, DbDep, RegistryDep, require_scope
 from api.blobs import get_store
 from api.compaction.policy import policy_of
-from api.registry import service
+from api.database.core import utcnow
+from api.registry import service, withdrawal
 from api.registry.dependencies import LATEST, ModelDep, VersionDep
 from api.registry.models import Model, ModelVersion
 from api.registry.reports import version_report
@@ -34,6 +35,12 @@ AUTH_ERRORS = {
     403: {"description": "The key lacks the registry scope (admin for POST)"},
 }
 NOT_FOUND = {404: {"description": "Unknown model or version"}}
+GONE = {
+    410: {
+        "description": "The version was withdrawn (a newer one answers erasure requests whose "
+        "data it held); `Link: </models/{name}/versions/{n}>; rel=\"successor-version\"`"
+    }
+}
 
 
 def weights_url(model_name: str, number: int) -> str:
@@ -70,7 +77,23 @@ def _model_out(db, model: Model) -> ModelOut:  # type: ignore[no-untyped-def]
 
 
 def _versions_out(db, model: Model, versions: list[ModelVersion], tenant: str) -> list[VersionOut]:  # type: ignore[no-untyped-def]
-    answered = service.answers(db=db, version_ids=[v.id for v in versions], tenant=tenant)
+    ids = [v.id for v in versions]
+    answered = service.answers(db=db, version_ids=ids, tenant=tenant)
+    gone = withdrawal.of_versions(db=db, version_ids=ids)
+    mine = service.tenant_requests(db=db, request_ids={r for w in gone.values() for r in w.request_ids}, tenant=tenant)
+    now = utcnow()
+
+    def withdrawn(v: ModelVersion) -> dict[str, Any]:
+        w = gone.get(v.id)
+        if w is None:
+            return {}
+        return {
+            "withdraw_at": w.effective_at,
+            "withdrawn_at": w.effective_at if w.in_force(now) else None,
+            "successor": w.successor_number,
+            "withdrawn_for": [r for r in w.request_ids if r in mine],
+        }
+
     return [
         VersionOut(
             model=model.name,
@@ -84,6 +107,7 @@ def _versions_out(db, model: Model, versions: list[ModelVersion], tenant: str) -
             metrics=v.metrics or {},
             answers=answered[v.id],
             weights_url=weights_url(model.name, v.number),
+            **withdrawn(v),
         )
         for v in versions
     ]
@@ -191,12 +215,26 @@ def _chunks(store: BlobStore, version: ModelVersion) -> Iterator[bytes]:
             close()
 
 
+def _refuse_withdrawn(db, model: Model, row: ModelVersion, what: str) -> None:  # type: ignore[no-untyped-def]
+    """410 Gone, with the successor's link, for a version withdrawn in force."""
+    gone = withdrawal.in_force(db=db, version=row)
+    if gone is not None:
+        successor = f"/models/{model.name}/versions/{gone.successor_number}"
+        raise HTTPException(
+            status.HTTP_410_GONE,
+            f"model {model.name!r} version {row.number} was withdrawn at "
+            f"{gone.effective_at.isoformat()}: version {gone.successor_number} answers erasure "
+            f"requests whose data it held; its {what} are no longer served",
+            headers={"Link": f'<{successor}>; rel="successor-version"'},
+        )
+
+
 @router.head(
     "/{name}/versions/{version}/weights",
     response_class=Response,
     summary="Headers of a version's weights (ETag, Content-Length) without the body",
     operation_id="head_weights",
-    responses={**AUTH_ERRORS, **NOT_FOUND},
+    responses={**AUTH_ERRORS, **NOT_FOUND, **GONE},
 )
 @router.get(
     "/{name}/versions/{version}/weights",
@@ -208,11 +246,13 @@ def _chunks(store: BlobStore, version: ModelVersion) -> Iterator[bytes]:
         304: {"description": "Not modified (If-None-Match matched the sha256)"},
         **AUTH_ERRORS,
         **NOT_FOUND,
+        **GONE,
     },
 )
 def download_weights(
     version: str, model: ModelDep, row: VersionDep, request: Request, db: DbDep
 ) -> Response:
+    _refuse_withdrawn(db, model, row, "weights")
     sha = row.weights_sha256
     headers = {
         "ETag": f'"{sha}"',
@@ -262,6 +302,7 @@ def download_weights(
         },
         **AUTH_ERRORS,
         404: {"description": "Unknown model or version, or the version has no report for your tenant"},
+        **GONE,
     },
 )
 def get_report(
@@ -271,6 +312,7 @@ def get_report(
     db: DbDep,
     format: Annotated[Literal["html", "pdf"], Query(description="html (default) or pdf")] = "html",
 ) -> Response:
+    _refuse_withdrawn(db, model, row, "report")
     html = version_report(store=_store_for(db, model), model_name=model.name, row=row, tenant=principal.tenant)
     headers = {"X-Content-SHA256": row.report_sha256, "X-Lethe-Version": str(row.number)}
     if format == "pdf":
