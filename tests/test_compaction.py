@@ -577,3 +577,50 @@ async def test_superseded_versions_are_withdrawn_after_the_grace_period(
     assert (await client.get("/models/m/versions/2", headers=registry)).json()["successor"] == 3
     latest = await client.get("/models/m/versions/latest/weights", headers=registry)
     assert latest.status_code == 200 and latest.headers["x-lethe-version"] == "3"
+
+
+async def test_a_request_completed_while_a_model_trains_reaches_it(
+    client, api_keys, db_session, partial_model, monkeypatch
+) -> None:
+    """No escape through training: the new model publishes version 0, gets the request's
+    erasure job at once, stays ``training`` (not served) until it is done, and its version
+    0 is withdrawn without grace."""
+    from api.registry import flows as registry_flows
+
+    store = partial_model
+    admin, registry = bearer(api_keys["admin"]), bearer(api_keys["registry"])
+    body = {"name": "n", "dataset": "digits-subjects", "architecture": "mlp",
+            "method": "partial-amnesiac", "epochs": 1, "batch_size": 32}
+    assert (await client.post("/models", json=body, headers=admin)).status_code == 202
+    run_pk = db_session.scalar(select(TrainingRun.id).join(Model).where(Model.name == "n"))
+    filed: list[str] = []
+    real_train = registry_flows.pipeline.train
+
+    def train_while_a_request_completes(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        filed.append(file_now(subject(6), "m"))  # only m is ready: it alone is targeted
+        assert work(store) == 1
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(registry_flows.pipeline, "train", train_while_a_request_completes)
+    assert train_claimed(run_pk, store)
+    db_session.expire_all()
+    assert db_session.scalar(select(Model.status).where(Model.name == "n")) == "training"
+    st = status(db_session, filed[0])
+    assert st["status"] == "completed" and [j["model"] for j in st["jobs"]] == ["m", "n"]
+    assert st["jobs"][1]["status"] == "queued"
+    held = await client.get("/models/n/versions/0/weights", headers=registry)
+    assert held.status_code == 409 and "training" in held.json()["detail"]
+
+    assert work(store) == 1
+    db_session.expire_all()
+    assert db_session.scalar(select(Model.status).where(Model.name == "n")) == "ready"
+    st = status(db_session, filed[0])
+    assert st["jobs"][1]["status"] == "completed" and st["jobs"][1]["approximate_version"] == 1
+    gone = await client.get("/models/n/versions/0/weights", headers=registry)
+    assert gone.status_code == 410 and 'versions/1>; rel="successor-version"' in gone.headers["link"]
+    assert (await client.get("/models/n/versions/latest/weights", headers=registry)).status_code == 200
+    kinds = [e.kind for e in db_session.scalars(
+        select(AuditEvent).where(AuditEvent.model_name == "n").order_by(AuditEvent.seq)
+    )]
+    assert kinds.index("model.trained") < kinds.index("job.added") < kinds.index("model.ready")
+    assert verify(db_session)["ok"]

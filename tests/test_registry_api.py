@@ -408,7 +408,7 @@ async def test_upload_manifest_and_failed_training_is_recorded(
     assert model.status == "ready" and model.unlearn_method == "amnesiac"
 
 
-async def test_erased_samples_block_new_training(client, api_keys, db_session) -> None:
+async def test_erased_samples_are_left_out_of_new_training(client, api_keys, db_session) -> None:
     from api.database.core import utcnow
 
     admin = bearer(api_keys["admin"])
@@ -420,8 +420,17 @@ async def test_erased_samples_block_new_training(client, api_keys, db_session) -
     )
     db_session.commit()
     assert (await client.get("/datasets/digits", headers=admin)).json()["erased"] == 10
+    sisa = await client.post("/models", json={**MLP, "name": "s", "method": "sisa"}, headers=admin)
+    assert sisa.status_code == 409 and "10 erased samples" in sisa.json()["detail"]
     r = await client.post("/models", json=MLP, headers=admin)
-    assert r.status_code == 409 and "10 erased samples" in r.json()["detail"]
+    assert r.status_code == 202, r.text
+    assert process() == 1
+    model = (await client.get(f"/models/{MLP['name']}", headers=admin)).json()
+    assert model["status"] == "ready", model
+    store = get_store()
+    spec = store.get_json(f"runs/{model['training']['run_id']}/run.json")
+    trained = store.get_json(spec["samples"]["key"])
+    assert "subject-0003" not in trained["subject_ids"] and len(spec["dataset"]["exclude_sample_ids"]) == 10
 
 
 async def test_sisa_training_and_concurrent_workers(client, api_keys, db_session) -> None:

@@ -294,6 +294,22 @@ def erased_ids(*, db: Session, dataset_id: int) -> set[str]:
     )
 
 
+def erased_among(*, db: Session, dataset_id: int, sample_ids: list[str]) -> dict[str, list[str]]:
+    """Those of ``sample_ids`` that are tombstoned, by the request that erased them."""
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(sample_ids), 5000):
+        chunk = sample_ids[start : start + 5000]
+        for sample_id, request_id in db.execute(
+            select(Sample.sample_id, Sample.erased_by_request).where(
+                Sample.dataset_id == dataset_id,
+                Sample.sample_id.in_(chunk),
+                Sample.erased_at.is_not(None),
+            )
+        ):
+            out.setdefault(request_id or "", []).append(sample_id)
+    return out
+
+
 def tombstone(
     *, db: Session, store: BlobStore, samples: dict[int, set[str]], request_id: str
 ) -> int:

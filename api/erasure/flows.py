@@ -38,7 +38,7 @@ import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import torch
@@ -124,15 +124,15 @@ def _lock_request_of(db: Session, job_id: int, skip_locked: bool) -> ErasureRequ
 
 
 def _workable(query: Any) -> Any:
-    """Queued jobs of requests that may be worked on, oldest request first (a job that
-    applies an erasure again on a compaction's new lineage belongs to a completed request
-    and is workable all the same)."""
+    """Queued jobs of requests that may be worked on, oldest request first. A queued job of
+    a completed request is a follow-up (the erasure applied again on a compaction's new
+    lineage, or on a model that was training when the request completed): workable too."""
     return (
         query.join(ErasureRequest, ErasureRequest.id == RequestJob.request_id)
         .where(
             or_(
                 ErasureRequest.status.in_([s.value for s in states.WORKABLE]),
-                RequestJob.reapplies_job_id.is_not(None),
+                ErasureRequest.status == RequestStatus.COMPLETED,
             )
         )
         .order_by(ErasureRequest.received_at, RequestJob.id)
@@ -182,7 +182,7 @@ def claim(
     and its request workable; ``None`` otherwise. Commits ``running`` at once."""
 
     def take(db: Session, request: ErasureRequest, job: RequestJob, resumed: bool) -> Claim | None:
-        if request.status not in states.WORKABLE and job.reapplies_job_id is None:
+        if request.status not in states.WORKABLE and request.status != RequestStatus.COMPLETED:
             return None
         if job.version_id is not None:  # a result is already recorded: never publish twice
             log.warning(
@@ -460,6 +460,8 @@ def _record_result(
         withdrawal.schedule(
             db=db, model=model, successor=version, request_ids=[claim.request_id],
             reason="erasure", actor=WORKER,
+            # a model still training never served its earlier versions: no grace
+            grace=None if model.status == "ready" else timedelta(0),
         )
     else:
         head = (
@@ -492,6 +494,13 @@ def _record_result(
         },
     )
     db.flush()
+    if model.status == "training" and _open_jobs(db, model.id) == 0:
+        # the erasures that arrived while it trained are applied: it may serve now
+        model.status = "ready"
+        audit_append(
+            db, "model.ready", model_name=model.name, actor=WORKER,
+            payload={"version": version.number, "reason": "erasures that arrived during training applied"},
+        )
     pending = db.scalar(
         select(RequestJob.id)
         .where(RequestJob.request_id == claim.request_id, RequestJob.status != JobStatus.COMPLETED)
@@ -500,6 +509,18 @@ def _record_result(
     if pending is None and request.status == RequestStatus.RUNNING:
         _complete_request(db, store, request)
     return True
+
+
+def _open_jobs(db: Session, model_id: int) -> int:
+    return int(
+        db.scalar(
+            select(func.count(RequestJob.id)).where(
+                RequestJob.model_id == model_id,
+                RequestJob.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+            )
+        )
+        or 0
+    )
 
 
 def _complete_request(db: Session, store: BlobStore, request: ErasureRequest) -> None:

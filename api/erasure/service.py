@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, aliased
 
 from api import wake
 from api.audit.models import AuditEvent
+from api.audit.service import append as audit_append
 from api.audit.service import events_for_request
 from api.auth.dependencies import Principal
 from api.compaction.policy import policy_of
@@ -271,6 +272,40 @@ def create(
 # ---------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------
+
+
+def add_late_jobs(*, db: Session, model: Model, erased: dict[str, list[str]]) -> list[int]:
+    """Jobs for erasures that completed while ``model`` trained on their samples
+    (``erased``: sample ids by the request that erased them), queued in the caller's
+    transaction (the worker is woken on commit) with the model's default method; audited
+    ``job.added``. The requests stay ``completed``; their status lists the model."""
+    ids: list[int] = []
+    for request_id, sample_ids in sorted(erased.items()):
+        request = db.get(ErasureRequest, request_id) if request_id else None
+        if request is None:  # tombstoned by no request (a dataset registered so): no owner
+            continue
+        job = RequestJob(
+            request_id=request.id,
+            model_id=model.id,
+            method=model.unlearn_method,
+            sample_ids=sorted(sample_ids),
+            status=JobStatus.QUEUED,
+            details={"reason": "its samples were erased while the model trained"},
+        )
+        db.add(job)
+        db.flush()
+        ids.append(job.id)
+        audit_append(
+            db,
+            "job.added",
+            request_id=request.id,
+            model_name=model.name,
+            actor="worker",
+            payload={"job_id": job.id, "samples": len(sample_ids), "reason": "erased while the model trained"},
+        )
+    if ids:
+        wake.after_commit(db, wake.PROCESS_JOB, ids)
+    return ids
 
 
 def queued_job_ids(*, db: Session, request_id: str) -> list[int]:

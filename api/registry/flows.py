@@ -26,9 +26,13 @@ With a broker, a SISA run is trained one Celery task per shard instead
 while any shard task keeps its heartbeat fresh, and the task that finds every shard
 trained publishes it. The embedded worker trains every shard in-process.
 
-Known limitation: training uses every sample of the dataset as registered. Samples erased
-later are not excluded (a new model on such a dataset is refused at creation, see
-:func:`api.registry.service.create`, and again here before training).
+Erased samples never get in for good: a single-model run leaves out every sample
+tombstoned when its attempt starts, and at publish time every sample of the run that was
+tombstoned meanwhile (a request completed while the model trained; with SISA, any erased
+sample) gets an erasure job of its request on the new model at once
+(:func:`api.erasure.service.add_late_jobs`). The model stays ``training`` (its weights are
+not served) until those jobs are done, and the version 0 they supersede is withdrawn
+without grace: it was never served.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from api.audit.service import append as audit
 from api.compaction import flows as compaction
 from api.database.core import utcnow
 from api.datasets import service as datasets
+from api.erasure import service as erasure
 from api.datasets.models import Dataset
 from api.jobs.lease import LeaseToken
 from api.registry.lease import LEASE
@@ -142,16 +147,20 @@ def _train_in_store(
     dataset: Dataset,
     config: dict[str, Any],
     device: torch.device,
+    erased: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     prefix = run_prefix(run_id)
     if store.exists(f"{prefix}/run.json"):
         log.warning("training run %s is already complete in %s; adopting it", run_id, store.url)
         return _evaluate_existing(store, run_id, device)
     training, recording, sisa = _configs(config)
+    spec = datasets.dataset_spec(dataset)
+    if sisa is None and erased:  # SISA shards must agree on one set: late jobs handle it
+        spec = spec.model_copy(update={"exclude_sample_ids": sorted(erased)})
     return pipeline.train(
         store,
         run_id=run_id,
-        dataset=datasets.dataset_spec(dataset),
+        dataset=spec,
         model=model.architecture,
         training=training,
         recording=recording,
@@ -160,18 +169,21 @@ def _train_in_store(
     )
 
 
-def _check_samples(store: BlobStore, spec: RunSpec, dataset: Dataset) -> None:
-    """The run's training samples must be the dataset's rows, or lineage would be wrong."""
+def _check_samples(store: BlobStore, spec: RunSpec, dataset: Dataset) -> list[str]:
+    """The run's training samples must be the dataset's rows, or lineage would be wrong;
+    returns them."""
     expected = (dataset.info or {}).get("sample_ids_sha256")
     table = store.get_json(spec.samples.key, expected_sha256=spec.samples.sha256)
     ids = table["sample_ids"]
-    if len(ids) != dataset.num_samples or (
-        expected and datasets.sample_ids_digest(ids) != expected
+    left_out = len(spec.dataset.exclude_sample_ids)
+    if len(ids) + left_out != dataset.num_samples or (
+        expected and not left_out and datasets.sample_ids_digest(ids) != expected
     ):
         raise RunError(
             f"dataset {dataset.name!r} ({dataset.source}) no longer holds the samples it was registered with "
             f"({len(ids)} training samples now, {dataset.num_samples} registered); register it again"
         )
+    return ids
 
 
 def _publish(
@@ -181,9 +193,12 @@ def _publish(
     spec: RunSpec,
     ledger: dict[str, Any],
     metrics: dict[str, Any],
+    trained: list[str],
 ) -> None:
     """Version 0, the run ``completed`` with its ledger, the model ``ready``: one transaction,
-    only while this attempt still holds the run (never twice)."""
+    only while this attempt still holds the run (never twice). If samples of ``trained``
+    were erased meanwhile, their requests get an erasure job on the model at once and the
+    model stays ``training`` until they are done."""
     with session_factory() as db:
         held = LEASE.lock_held(db, token)
         if held is None:
@@ -211,7 +226,10 @@ def _publish(
         run.error = None
         run.ledger = ledger
         run.finished_at = utcnow()
-        model.status = "ready"
+        late = erasure.add_late_jobs(
+            db=db, model=model, erased=datasets.erased_among(db=db, dataset_id=model.dataset_id, sample_ids=trained)
+        )
+        model.status = "training" if late else "ready"
         db.commit()
 
 
@@ -225,7 +243,7 @@ class RunContext:
     config: dict[str, Any]
     model: Model
     dataset: Dataset
-    erased: int  # erased samples of its dataset (training on them is refused)
+    erased: frozenset[str]  # tombstoned samples of its dataset when the attempt started
     kind: str = RunKind.TRAIN  # a compaction is trained by api.compaction.flows
 
 
@@ -243,7 +261,7 @@ def _run_context(session_factory: SessionFactory, run_pk: int) -> RunContext:
             config=dict(run.config or {}),
             model=model,
             dataset=dataset,
-            erased=service.erased_count(db=db, dataset_id=dataset.id),
+            erased=frozenset(datasets.erased_ids(db=db, dataset_id=dataset.id)),
             kind=run.kind,
         )
         db.expunge_all()
@@ -312,13 +330,13 @@ def _train_and_publish(
     model: Model,
     dataset: Dataset,
     config: dict[str, Any],
-    erased: int,
+    erased: frozenset[str],
 ) -> None:
     """Train (or adopt what a dead worker left in the store), check, publish version 0."""
-    _refuse_erased(dataset, erased)
     dev = _device(device)
     result = _train_in_store(
-        store=store, run_id=run_id, model=model, dataset=dataset, config=config, device=dev
+        store=store, run_id=run_id, model=model, dataset=dataset, config=config, device=dev,
+        erased=erased,
     )
     _check_and_publish(
         session_factory=session_factory,
@@ -342,7 +360,7 @@ def _check_and_publish(
     """Check a run complete in the store against its dataset, and publish version 0."""
     prefix = run_prefix(run_id)
     spec = RunSpec.model_validate(store.get_json(f"{prefix}/run.json"))
-    _check_samples(store, spec, dataset)
+    trained = _check_samples(store, spec, dataset)
     ledger = store.get_json(f"{prefix}/ledger.json")
     metrics = {
         "test_acc": result.get("test_acc"),
@@ -358,6 +376,7 @@ def _check_and_publish(
         spec=spec,
         ledger=ledger,
         metrics=metrics,
+        trained=trained,
     )
 
 
@@ -369,14 +388,6 @@ def _sisa_context(session_factory: SessionFactory, run_pk: int) -> RunContext | 
     ctx = _run_context(session_factory, run_pk)
     is_sisa = TrainingMethod.SISA in (ctx.model.method, ctx.config.get("method"))
     return ctx if is_sisa else None
-
-
-def _refuse_erased(dataset: Dataset, erased: int) -> None:
-    if erased:
-        raise RunError(
-            f"dataset {dataset.name!r} has {erased} erased samples; training on it would "
-            "reintroduce erased data (excluding them is not supported yet)"
-        )
 
 
 def fan_out_sisa_training(
@@ -404,10 +415,9 @@ def fan_out_sisa_training(
     ctx = _sisa_context(session_factory, token.job_id)
     if ctx is None:
         return None
-    run_id, dataset = ctx.run_id, ctx.dataset
+    run_id = ctx.run_id
 
     def untrained_shards() -> list[int]:
-        _refuse_erased(dataset, ctx.erased)
         _training, _recording, sisa = _configs(ctx.config)
         assert sisa is not None
         if store.exists(f"{run_prefix(run_id)}/run.json"):

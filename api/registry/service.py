@@ -31,6 +31,7 @@ from unlearning_core.recording import PruneSchedule
 from unlearning_core.runs.ledger import VersionEntry
 from unlearning_core.runs.spec import BlobPointer
 from unlearning_core.store import BlobRef, BlobStore
+from unlearning_core.vocab import TrainingMethod
 
 
 def get(*, db: Session, name: str) -> Model | None:
@@ -179,9 +180,10 @@ def create(
     """Create the model (status ``training``) with a queued training run and an audit event.
 
     The embedded worker (or :func:`api.registry.flows.process_pending_training`) trains it.
-    Raises :class:`ConflictError` for a taken name or a dataset with erased samples (training
-    on it would bring erased data back: excluding them is not implemented yet), and a
-    422-mapped error for an unknown dataset or settings the dataset cannot satisfy. Commits.
+    A single-model training leaves out the dataset's erased samples. Raises
+    :class:`ConflictError` for a taken name or a SISA model on a dataset with erased samples
+    (its shards could not agree on what to leave out), and a 422-mapped error for an
+    unknown dataset or settings the dataset cannot satisfy. Commits.
     """
     if get(db=db, name=spec.name) is not None:
         raise ConflictError(f"a model named {spec.name!r} already exists")
@@ -191,10 +193,10 @@ def create(
             f"no dataset named {spec.dataset!r}; register it with POST /datasets first"
         )
     erased = erased_count(db=db, dataset_id=dataset.id)
-    if erased:
+    if erased and spec.method == TrainingMethod.SISA:
         raise ConflictError(
-            f"dataset {dataset.name!r} has {erased} erased samples; training on it would reintroduce erased "
-            "data and excluding them is not supported yet: register the data again without them"
+            f"dataset {dataset.name!r} has {erased} erased samples; a SISA model cannot leave them "
+            "out yet: register the data again without them, or train a single model (it leaves them out)"
         )
     klass, _share = spec.concentration()
     if klass is not None and klass >= dataset.num_classes:

@@ -252,6 +252,12 @@ def _refuse_withdrawn(db, model: Model, row: ModelVersion, what: str) -> None:  
 def download_weights(
     version: str, model: ModelDep, row: VersionDep, request: Request, db: DbDep
 ) -> Response:
+    if model.status != "ready":
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"model {model.name!r} is {model.status}: its weights are served once it is ready "
+            "(erasures that arrived while it trained are applied first)",
+        )
     _refuse_withdrawn(db, model, row, "weights")
     sha = row.weights_sha256
     headers = {

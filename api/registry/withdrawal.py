@@ -24,7 +24,7 @@ from api.database.core import utcnow
 from api.registry.models import Model, ModelVersion, VersionWithdrawal
 
 
-def grace() -> timedelta:
+def default_grace() -> timedelta:
     return timedelta(hours=get_settings().withdraw_grace_hours)
 
 
@@ -36,10 +36,11 @@ def schedule(
     request_ids: list[str],
     reason: str,
     actor: str | None,
+    grace: timedelta | None = None,
 ) -> list[int]:
-    """Withdraw every earlier version of ``model`` not withdrawn yet, effective after the
-    grace period, in the caller's transaction; audited ``version.withdrawal_scheduled``.
-    Returns the version numbers."""
+    """Withdraw every earlier version of ``model`` not withdrawn yet, effective after
+    ``grace`` (default ``LETHE_WITHDRAW_GRACE_HOURS``), in the caller's transaction;
+    audited ``version.withdrawal_scheduled``. Returns the version numbers."""
     withdrawn = select(VersionWithdrawal.version_id).where(VersionWithdrawal.model_id == model.id)
     earlier = list(
         db.scalars(
@@ -55,7 +56,7 @@ def schedule(
     if not earlier:
         return []
     now = utcnow()
-    effective = now + grace()
+    effective = now + (default_grace() if grace is None else grace)
     for version in earlier:
         db.add(
             VersionWithdrawal(
