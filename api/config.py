@@ -97,12 +97,26 @@ class Settings(BaseSettings):
         default=24, ge=0, le=24 * 366,
         description="how long a version superseded by an erasure stays downloadable (serving fleets roll over) before it answers 410",
     )
+    purge_interval_seconds: float = Field(
+        default=60, ge=0,
+        description="how often each worker deletes blobs that hold erased data and that nothing needs (0: never)",
+    )
     compaction_retry_seconds: float = Field(
         default=3600, ge=0,
         description="after a compaction failed, how long before a trigger may ask for the next one",
     )
     task_max_retries: int = Field(
         default=5, ge=0, description="retries (exponential backoff) of a task hit by a transient fault"
+    )
+    receipt_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 private key that signs erasure receipts (PEM, or base64 of the raw 32 "
+        "bytes); every API replica must share it; unset: receipt_key_file",
+    )
+    receipt_key_file: Path = Field(
+        default=Path("var/receipt-signing-key.pem"),
+        description="where the receipt signing key is kept when receipt_signing_key is unset "
+        "(created, mode 0600, on first use)",
     )
 
 

@@ -4,7 +4,9 @@ Every ``lethe worker`` runs a dispatcher thread (``LETHE_DISPATCH_INTERVAL_SECON
 a thread rather than Celery beat, so there is no extra process to deploy and every worker
 can take over when another dies). One round (:func:`dispatch_once`):
 
-0. *erasure policies*: a model whose policy fires (a request approximate for too long, too
+0. *purge* (every ``LETHE_PURGE_INTERVAL_SECONDS``): blobs that still hold erased data and
+   that nothing needs any more are deleted (:mod:`api.purge.service`);
+   *erasure policies*: a model whose policy fires (a request approximate for too long, too
    many of them, too much subtracted, accuracy drifted) gets a compaction queued
    (:func:`api.compaction.service.schedule_due`);
 1. *abandoned work*: ``running`` jobs and training runs whose heartbeat is older than
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -39,6 +42,7 @@ from api.config import get_settings
 from api.database.core import get_engine, get_sessionmaker, utcnow
 from api.compaction import service as compaction
 from api.erasure import flows as erasure
+from api.purge import service as purge
 from api.registry import flows as registry
 
 log = logging.getLogger("lethe.dispatch")
@@ -56,6 +60,19 @@ def _round_lock() -> Iterator[bool]:
         return
     with engine.connect() as conn, conn.begin():
         yield bool(conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LOCK_KEY}))
+
+
+_last_purge = 0.0
+
+
+def purge_due(interval: float) -> bool:
+    """Whether this process's purge sweep is due (at most every ``interval`` seconds)."""
+    global _last_purge
+    now = time.monotonic()
+    if interval <= 0 or now - _last_purge < interval:
+        return False
+    _last_purge = now
+    return True
 
 
 def queue_depth(app: Any, queue: str) -> int | None:
@@ -95,6 +112,11 @@ def dispatch_once(app: Any) -> dict[str, int]:
             report["compactions_queued"] = len(compaction.schedule_due(session_factory=session_factory))
         except Exception as exc:  # noqa: BLE001 - the rest of the round still runs
             log.warning("could not check the erasure policies: %s", exc)
+        if purge_due(settings.purge_interval_seconds):
+            try:
+                report["blobs_purged"] = purge.sweep(session_factory=session_factory)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("purge round failed: %s", exc)
         jobs = erasure.requeue_abandoned(session_factory=session_factory)
         runs = registry.requeue_abandoned_training(session_factory=session_factory)
         report["requeued_jobs"], report["requeued_runs"] = len(jobs), len(runs)
@@ -153,7 +175,7 @@ class Dispatcher:
                     report.get(k)
                     for k in (
                         "requeued_jobs", "requeued_runs", "enqueued_jobs", "enqueued_runs",
-                        "compactions_queued",
+                        "compactions_queued", "blobs_purged",
                     )
                 ):
                     log.info("dispatch: %s", report)

@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from api.compaction import service as compaction
 from api.erasure import flows
+from api.purge import service as purge
+from worker.dispatch import purge_due
 from api.registry import flows as training
 from unlearning_core.store import BlobStore
 
@@ -112,6 +114,8 @@ class EmbeddedWorker:
             n += 1
         if not self._stop.is_set():
             compaction.schedule_due(session_factory=session_factory)
+            if purge_due(self.settings.purge_interval_seconds):
+                purge.sweep(session_factory=session_factory)
             n += training.process_pending_training(
                 session_factory=session_factory, store=store, device=device
             )

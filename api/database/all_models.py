@@ -4,9 +4,10 @@ from api.audit.models import AuditEvent
 from api.auth.models import ApiKey
 from api.datasets.models import Dataset, Sample
 from api.erasure.models import ErasureRequest, RequestJob
+from api.purge.models import PurgedBlob
 from api.registry.models import Model, ModelVersion, TrainingRun, VersionWithdrawal
 
 __all__ = [
-    "ApiKey", "AuditEvent", "Dataset", "ErasureRequest", "Model", "ModelVersion", "RequestJob",
-    "Sample", "TrainingRun", "VersionWithdrawal",
+    "ApiKey", "AuditEvent", "Dataset", "ErasureRequest", "Model", "ModelVersion", "PurgedBlob",
+    "RequestJob", "Sample", "TrainingRun", "VersionWithdrawal",
 ]

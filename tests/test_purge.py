@@ -1,0 +1,108 @@
+"""The purge: blobs that still hold erased data go once nothing needs them (real
+PostgreSQL and blob store; the recorded digits run of conftest's ``recorded_runs``)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from api.audit.models import AuditEvent
+from api.audit.service import verify
+from api.compaction import service as compaction
+from api.config import get_settings
+from api.database.core import get_sessionmaker
+from api.purge.models import PurgedBlob
+from api.purge.service import sweep
+from api.registry.models import Model, ModelVersion, TrainingRun
+from tests.test_compaction import file_now, partial_model, subject, train_claimed, work  # noqa: F401
+from unlearning_core.artifacts import open_artifact
+from unlearning_core.compaction import Trigger
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
+
+
+def purge() -> int:
+    return sweep(session_factory=get_sessionmaker())
+
+
+def rows(db, reason: str | None = None) -> list[PurgedBlob]:  # type: ignore[no-untyped-def]
+    db.expire_all()
+    query = select(PurgedBlob).order_by(PurgedBlob.id)
+    if reason is not None:
+        query = query.where(PurgedBlob.reason == reason)
+    return list(db.scalars(query))
+
+
+def versions(db) -> dict[int, ModelVersion]:  # type: ignore[no-untyped-def]
+    db.expire_all()
+    return {v.number: v for v in db.scalars(select(ModelVersion).join(Model).where(Model.name == "m"))}
+
+
+async def test_purge_deletes_what_holds_erased_data_and_keeps_what_is_needed(
+    db_session, partial_model, monkeypatch  # noqa: F811
+) -> None:
+    store = partial_model
+    monkeypatch.setenv("LETHE_WITHDRAW_GRACE_HOURS", "0")
+    get_settings.cache_clear()
+    for n in (1, 2):
+        file_now(subject(n), "m")
+    assert work(store) == 2
+    run = open_artifact(store, "celery-small")
+    ledger = db_session.scalar(select(TrainingRun.ledger).where(TrainingRun.run_id == "celery-small"))
+    subtracted = ledger["subtracted_steps"]
+    kept_steps = [s for s in range(len(run.update_blobs)) if s not in set(subtracted)]
+    assert subtracted and kept_steps
+    # A sweep killed after deleting a blob, before recording it: the next one records it.
+    store.delete(run.update_blobs[subtracted[0]].key)
+
+    gone = purge()
+    steps = rows(db_session, "subtracted-step")
+    assert sorted(r.key for r in steps) == sorted(run.update_blobs[s].key for s in subtracted)
+    assert all(r.sha256 and r.size for r in steps)  # known from the run's pointers
+    assert not any(store.exists(r.key) for r in steps)
+    assert all(store.exists(run.update_blobs[s].key) for s in kept_steps)  # future erasures
+    v = versions(db_session)
+    withdrawn = {r.key for r in rows(db_session, "withdrawn-version")}
+    assert withdrawn == {v[1].weights_key, v[1].report_key}
+    assert not store.exists(v[1].weights_key) and not store.exists(v[1].report_key)
+    assert store.exists(v[0].weights_key)  # the lineage's reference for later metrics
+    assert store.exists(v[2].weights_key) and store.exists(v[2].report_key)  # the head
+    assert gone == len(steps) + 2
+    event = db_session.scalar(select(AuditEvent).where(AuditEvent.kind == "blobs.deleted"))
+    assert event.payload["counts"] == {"subtracted-step": len(steps), "withdrawn-version": 2}
+    assert {b["key"] for b in event.payload["blobs"]} >= withdrawn
+    assert purge() == 0  # idempotent: nothing twice
+
+    # A later erasure works from what is left (its metrics need v0 and unsubtracted steps).
+    file_now(subject(3), "m")
+    assert work(store) == 1
+    assert versions(db_session)[3].metrics["forget_acc"] is not None
+    assert purge() > 0
+
+    # After a compaction, the whole replaced lineage goes, run.json last.
+    run_row = compaction.request_compaction(
+        db=db_session, model=db_session.scalar(select(Model).where(Model.name == "m")),
+        trigger=Trigger.MANUAL, actor="test",
+    )
+    db_session.commit()
+    assert train_claimed(run_row.id, store)
+    purge()
+    assert store.list("runs/celery-small/") == []
+    replaced = rows(db_session, "replaced-lineage")
+    assert replaced[-1].key == "runs/celery-small/run.json"
+    new = versions(db_session)[4]
+    assert new.method == "compact" and store.exists(new.weights_key)
+    assert purge() == 0
+    file_now(subject(4), "m")
+    assert work(store) == 1  # the new lineage serves on
+    assert verify(db_session)["ok"]
+
+
+async def test_nothing_is_purged_within_the_grace_period(db_session, partial_model) -> None:  # noqa: F811
+    store = partial_model
+    file_now(subject(1), "m")
+    assert work(store) == 1
+    gone = purge()
+    assert {r.reason for r in rows(db_session)} == {"subtracted-step"} and gone == len(rows(db_session))
+    v = versions(db_session)
+    assert store.exists(v[0].weights_key)
