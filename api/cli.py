@@ -112,6 +112,23 @@ def audit_verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     raise typer.Exit(0 if result["ok"] else 1)
 
 
+@audit_app.command("residuals")
+def audit_residuals(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List what still holds an erased subject past its deadline (versions not withdrawn,
+    blobs the purge should have deleted); exit status 1 if there is anything."""
+    from api.purge.residuals import scan
+    from api.serve import prepare_database
+
+    with prepare_database()() as db:
+        found = scan(db=db)
+    if as_json:
+        sys.stdout.write(json.dumps({"count": len(found), "residuals": found}) + "\n")
+    else:
+        for r in found:
+            sys.stdout.write(f"{r['kind']}\t{r['model']}\t{r['key']}\n")
+    raise typer.Exit(1 if found else 0)
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,

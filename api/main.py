@@ -23,6 +23,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from api.datasets.views import router as datasets_router
     from api.erasure.views import admin_router, router as erasure_router
     from api.health.views import router as health_router
+    from api.purge.views import router as purge_router
+    from api.receipts.views import router as receipts_router
     from api.registry.views import router as registry_router
 
     settings = settings or get_settings()
@@ -31,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (
         health_router, erasure_router, admin_router, registry_router, compaction_router,
-        datasets_router, audit_router,
+        datasets_router, audit_router, receipts_router, purge_router,
     ):
         app.include_router(router)
     from api.dashboard.views import install as install_dashboard

@@ -14,6 +14,7 @@ from api.database.core import get_sessionmaker
 from api.purge.models import PurgedBlob
 from api.purge.service import sweep
 from api.registry.models import Model, ModelVersion, TrainingRun
+from tests.conftest import bearer
 from tests.test_compaction import file_now, partial_model, subject, train_claimed, work  # noqa: F401
 from unlearning_core.artifacts import open_artifact
 from unlearning_core.compaction import Trigger
@@ -106,3 +107,51 @@ async def test_nothing_is_purged_within_the_grace_period(db_session, partial_mod
     assert {r.reason for r in rows(db_session)} == {"subtracted-step"} and gone == len(rows(db_session))
     v = versions(db_session)
     assert store.exists(v[0].weights_key)
+
+
+async def test_the_residual_scan_flags_each_kind_until_the_purge(
+    client, api_keys, db_session, partial_model, monkeypatch, lethe_main  # noqa: F811
+) -> None:
+    import json
+
+    import api.cli  # noqa: F401  (adds the service commands, audit residuals among them)
+    from api.registry.models import VersionWithdrawal
+
+    store = partial_model
+    admin = bearer(api_keys["admin"])
+    monkeypatch.setenv("LETHE_WITHDRAW_GRACE_HOURS", "0")
+    monkeypatch.setenv("LETHE_COMPACT_WITHIN_DAYS", "")  # no deadline: the reference may stay
+    get_settings.cache_clear()
+    for n in (1, 2):
+        file_now(subject(n), "m")
+    assert work(store) == 2
+    # Plant a version that was never withdrawn (as if published before withdrawals existed).
+    v = versions(db_session)
+    db_session.execute(VersionWithdrawal.__table__.delete().where(VersionWithdrawal.version_id == v[1].id))
+    db_session.commit()
+    found = (await client.get("/admin/residuals", headers=admin)).json()["residuals"]
+    kinds = {(r["kind"], r["key"]) for r in found}
+    ledger = db_session.scalar(select(TrainingRun.ledger).where(TrainingRun.run_id == "celery-small"))
+    run = open_artifact(store, "celery-small")
+    assert ("version-not-withdrawn", v[1].weights_key) in kinds
+    assert {("subtracted-step-update", run.update_blobs[s].key) for s in ledger["subtracted_steps"]} <= kinds
+    assert ("withdrawn-version-blob", v[0].weights_key) not in kinds  # the reference, no deadline
+    cli = lethe_main("audit", "residuals", "--json")
+    assert cli.returncode == 1 and json.loads(cli.stdout.strip().splitlines()[-1])["count"] == len(found)
+
+    purge()
+    left = (await client.get("/admin/residuals", headers=admin)).json()["residuals"]
+    assert [r["kind"] for r in left] == ["version-not-withdrawn"]  # no purge fixes a missing withdrawal
+
+    # A replaced lineage still stored is flagged by its run.json until the purge.
+    run_row = compaction.request_compaction(
+        db=db_session, model=db_session.scalar(select(Model).where(Model.name == "m")),
+        trigger=Trigger.MANUAL, actor="test",
+    )
+    db_session.commit()
+    assert train_claimed(run_row.id, store)
+    found = (await client.get("/admin/residuals", headers=admin)).json()["residuals"]
+    assert ("replaced-lineage", "runs/celery-small/run.json") in {(r["kind"], r["key"]) for r in found}
+    purge()
+    assert (await client.get("/admin/residuals", headers=admin)).json()["count"] == 0
+    assert lethe_main("audit", "residuals").returncode == 0

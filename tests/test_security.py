@@ -152,6 +152,8 @@ MATRIX: dict[tuple[str, str], Row] = {
         scoped(requester=202, admin=202), lambda c, w: {"json": {"subject_id": SUBJECT}}
     ),
     ("GET", "/requests/{request_id}/status"): Row(scoped(requester=200, admin=200, other_tenant=404)),
+    ("GET", "/requests/{request_id}/receipt"): Row(scoped(requester=200, admin=200, other_tenant=404)),
+    ("GET", "/receipt-key"): Row(PUBLIC),
     ("GET", "/admin/requests"): Row(scoped(admin=200)),
     ("GET", "/admin/requests/stats"): Row(scoped(admin=200)),
     ("GET", "/admin/requests/{request_id}"): Row(scoped(admin=200)),
@@ -162,6 +164,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/admin/requests/{request_id}/retry"): Row(scoped(admin=409)),
     ("POST", "/admin/requests/{request_id}/cancel"): Row(scoped(admin=200)),
     ("GET", "/admin/audit/verify"): Row(scoped(admin=200)),
+    ("GET", "/admin/residuals"): Row(scoped(admin=200)),
     ("GET", "/models"): Row(scoped(registry=200, admin=200)),
     ("POST", "/models"): Row(scoped(admin=202), lambda c, w: {"json": {**MODEL_BODY, "name": f"m-{c}"}}),
     ("GET", "/models/{name}"): Row(scoped(registry=200, admin=200)),

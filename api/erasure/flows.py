@@ -384,6 +384,9 @@ def _unlearn_and_record(
             if full.get("method_options"):
                 details["method_options"] = full["method_options"]
             details.update(
+                # which recorded steps this job subtracted: the purge attributes their
+                # deleted updates to the request (receipts)
+                subtracted_steps=sorted(done.outcome.subtracted_steps),
                 unlearn_seconds=done.outcome.unlearn_seconds,
                 recovery_seconds=done.outcome.recovery_seconds,
                 **done.outcome.details,

@@ -29,6 +29,8 @@ class PurgedBlob(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     run_id: Mapped[str] = mapped_column(String(128))
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    #: The erasure requests behind it, where known (withdrawn versions; not per step).
+    #: The erasure requests whose data it held: for a withdrawn version those its successor
+    #: answered, for a step's update those whose jobs subtracted it, for a replaced lineage
+    #: those its withdrawn versions answered.
     request_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit
 from api.database.core import utcnow
+from api.erasure.models import RequestJob
 from api.jobs.states import JobState
 from api.purge.models import PurgedBlob
 from api.registry import service as registry
@@ -111,20 +112,51 @@ def plan(*, db: Session, model: Model, store: BlobStore, now: datetime) -> list[
     ).all()
     if subtracted and len(done) < len(subtracted):  # read updates.json only when needed
         blobs = open_artifact(store, lineage.run_id).update_blobs
+        by_step = _requests_by_step(db, model.id, lineage.run_id)
         for step in subtracted:
             if step < len(blobs):
                 p = blobs[step]
-                doomed.append(Doomed(p.key, "subtracted-step", lineage.run_id, p.sha256, p.size))
+                doomed.append(Doomed(p.key, "subtracted-step", lineage.run_id, p.sha256, p.size,
+                                     request_ids=tuple(by_step.get(step, ()))))
     older = [v for v in versions if v.number < first]
     if all(v.id in gone for v in older):
+        held = tuple(sorted({r for v in older for r in (gone[v.id].request_ids or ())}))
         for run in runs[:-1]:
             prefix = run_prefix(run.run_id)
             if not store.exists(f"{prefix}/run.json"):
                 continue  # purged already
             keys = [k for k in store.list(f"{prefix}/") if k != f"{prefix}/run.json"]
             for key in [*keys, f"{prefix}/run.json"]:  # run.json last: resumable
-                doomed.append(Doomed(key, "replaced-lineage", run.run_id))
+                doomed.append(Doomed(key, "replaced-lineage", run.run_id, request_ids=held))
     return doomed
+
+
+def _requests_by_step(db: Session, model_id: int, run_id: str) -> dict[int, list[str]]:
+    """Step -> the requests whose jobs subtracted it on lineage ``run_id``."""
+    out: dict[int, list[str]] = {}
+    for request_id, details in db.execute(
+        select(RequestJob.request_id, RequestJob.details).where(
+            RequestJob.model_id == model_id, RequestJob.status == JobState.COMPLETED
+        )
+    ):
+        if (details or {}).get("run_id") != run_id:
+            continue
+        for step in (details or {}).get("subtracted_steps") or ():
+            out.setdefault(int(step), []).append(request_id)
+    return out
+
+
+def deleted_for(*, db: Session, request_id: str, model_ids: list[int]) -> list[PurgedBlob]:
+    """The blobs the purge deleted that held ``request_id``'s data (on those models)."""
+    if not model_ids:
+        return []
+    return [
+        row
+        for row in db.scalars(
+            select(PurgedBlob).where(PurgedBlob.model_id.in_(model_ids)).order_by(PurgedBlob.id)
+        )
+        if request_id in (row.request_ids or [])
+    ]
 
 
 def _stat(store: BlobStore, d: Doomed) -> tuple[str | None, int | None]:

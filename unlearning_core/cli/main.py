@@ -399,6 +399,51 @@ def report(
     _emit(summary if as_json else {"run_id": run_id, "version": number, **written}, as_json, f"report of {run_id} v{number}")
 
 
+receipt_app = typer.Typer(help="Signed erasure receipts (GET /requests/{id}/receipt).", no_args_is_help=True)
+app.add_typer(receipt_app, name="receipt")
+
+
+def _read_key(key: str) -> Any:
+    """KEY is a file (PEM, GET /receipt-key's JSON, base64, or the raw 32 bytes) or, when no
+    such file exists, the base64 text itself."""
+    from unlearning_core.receipts import ReceiptError, load_public_key
+
+    path = Path(key)
+    try:
+        data: bytes | str = path.read_bytes() if path.is_file() else key
+    except OSError as exc:
+        raise ReceiptError(f"cannot read the key file {key}: {exc.strerror or exc}") from None
+    return load_public_key(data)
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The receipt as served by GET /requests/{id}/receipt.", show_default=False)],
+    key: Annotated[str | None, typer.Option("--key", metavar="KEY", help="The service's public key: a file (PEM, the JSON of GET /receipt-key, base64) or the base64 text. Required: a receipt never vouches for itself.")] = None,
+    allow_reformatted: Annotated[bool, typer.Option("--allow-reformatted", help="Accept a re-indented copy whose content is still as signed (default: the file must be byte for byte as issued).")] = False,
+) -> None:
+    """Verify a receipt's Ed25519 signature offline. Prints `valid` and the stage (exit 0);
+    any changed byte, another key or an unreadable file is `error: ...` (exit 2)."""
+    from unlearning_core.receipts import ReceiptError, verify
+
+    if key is None:
+        raise ReceiptError(
+            "give --key: the service's public key (GET /receipt-key); a receipt names its key "
+            "but never carries it, since a receipt cannot vouch for itself"
+        )
+    public = _read_key(key)
+    try:
+        document = file.read_bytes()
+    except OSError as exc:
+        raise ReceiptError(f"cannot read {file}: {exc.strerror or exc}") from None
+    receipt = verify(document, public, allow_reformatted=allow_reformatted)
+    _out.print(
+        f"valid: request {receipt.get('request_id')}, stage {receipt.get('stage')}, "
+        f"status {receipt.get('status')}, issued at {receipt.get('issued_at')}",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+
+
 def _compare_table(result: dict[str, Any]) -> None:
     """One row per method; the columns are the registry's ``compare`` metrics that some row
     has, headed by their JSON names (what ``--json`` prints) and formatted as registered."""
