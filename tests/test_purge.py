@@ -155,3 +155,48 @@ async def test_the_residual_scan_flags_each_kind_until_the_purge(
     purge()
     assert (await client.get("/admin/residuals", headers=admin)).json()["count"] == 0
     assert lethe_main("audit", "residuals").returncode == 0
+
+
+async def test_superseded_sisa_checkpoints_are_purged_and_the_ensemble_serves_on(
+    client, api_keys, db_session
+) -> None:
+    from api.blobs import get_store
+    from tests.service_fixtures import insert_digits_dataset, insert_trained_model
+    from unlearning_core.data import load_dataset
+    from unlearning_core.runs.spec import DatasetSpec, SisaSpec, TrainingSpec
+    from unlearning_core.sisa.run import train_sisa_run
+    import torch
+
+    store = get_store()
+    train_sisa_run(
+        store, run_id="sisa-purge", dataset=load_dataset("digits", subject_size=10),
+        dataset_spec=DatasetSpec(spec="digits", subject_size=10), model_name="mlp",
+        training=TrainingSpec(epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, seed=0),
+        sisa=SisaSpec(shards=2, slices=3), device=torch.device("cpu"),
+    )
+    dataset = insert_digits_dataset(db_session)
+    insert_trained_model(db_session, store=store, dataset_id=dataset.id, name="s", run_id="sisa-purge",
+                         architecture="mlp", method="sisa")
+    db_session.commit()
+    before = set(store.list("runs/sisa-purge/shards/"))
+    file_now(subject(7), "s")
+    assert work(store) == 1
+    ledger = db_session.scalar(select(TrainingRun.ledger).where(TrainingRun.run_id == "sisa-purge"))
+    referenced = {p["key"] for pointers in ledger["checkpoints"].values() for p in pointers}
+    superseded = {k for k in store.list("runs/sisa-purge/shards/") if k.endswith(".safetensors")} - referenced
+    assert superseded and superseded <= before  # the retrained shard's later slices
+
+    found = (await client.get("/admin/residuals", headers=bearer(api_keys["admin"]))).json()["residuals"]
+    assert superseded <= {r["key"] for r in found if r["kind"] == "superseded-checkpoint"}
+    purge()
+    assert {r.key for r in rows(db_session, "superseded-checkpoint")} == superseded
+    assert not any(store.exists(k) for k in superseded)
+    assert all(store.exists(k) for k in referenced)
+    file_now(subject(8), "s")
+    assert work(store) == 1  # the next erasure retrains from what is kept
+    db_session.expire_all()
+    assert db_session.scalar(select(Model.status).where(Model.name == "s")) == "ready"
+    numbers = db_session.scalars(
+        select(ModelVersion.number).join(Model).where(Model.name == "s").order_by(ModelVersion.number)
+    ).all()
+    assert numbers == [0, 1, 2]

@@ -12,7 +12,8 @@ from api.database.core import Base, UTCDateTime, utcnow
 
 class PurgedBlob(Base):
     """A blob deleted because it held erased data (``reason``: ``subtracted-step``,
-    ``withdrawn-version``, ``replaced-lineage``); its key and sha256 stay as evidence."""
+    ``withdrawn-version``, ``replaced-lineage``, ``superseded-checkpoint``); its key and
+    sha256 stay as evidence."""
 
     __tablename__ = "purged_blobs"
     __table_args__ = (

@@ -10,10 +10,11 @@ and list, with its key:
   deadline: until then it is the reference of later erasures' metrics);
 - ``subtracted-step-update``: the recorded update of a subtracted step, still stored;
 - ``replaced-lineage``: a lineage replaced by a compaction, all of its versions withdrawn
-  in force, still stored (its ``run.json``).
+  in force, still stored (its ``run.json``);
+- ``superseded-checkpoint``: a SISA slice checkpoint the ledger no longer references.
 
-After a purge sweep the list is empty. Not scanned yet: SISA checkpoints and erased
-samples inside uploaded datasets (the purge does not remove those either).
+After a purge sweep the list is empty. Not scanned yet: erased samples inside uploaded
+datasets (the purge does not remove those either).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ KIND_OF_REASON = {
     "withdrawn-version": "withdrawn-version-blob",
     "subtracted-step": "subtracted-step-update",
     "replaced-lineage": "replaced-lineage",
+    "superseded-checkpoint": "superseded-checkpoint",
 }
 
 

@@ -13,6 +13,10 @@ What goes, per model, each time a sweep finds it (the workers run one every
   compaction replaces the lineage; the policy's ``compact_within_days`` bounds that.
 - ``replaced-lineage``: every blob of a lineage a compaction replaced, once all of its
   versions are withdrawn in force (``run.json`` last, so a sweep killed half-way resumes).
+- ``superseded-checkpoint``: a SISA slice checkpoint that the lineage's ledger no longer
+  references (an erasure retrained its shard from an earlier slice). Planned under the
+  lineage lock, taken without waiting (a model whose erasure is running is left to the
+  next round), so a checkpoint an erasure is writing is never taken for superseded.
 
 Kept always: the current lineage's head and first version, its unsubtracted updates, its
 index, samples and ledger. Each deletion is a :class:`PurgedBlob` row (key, sha256, size,
@@ -20,7 +24,7 @@ reason, the requests where known) and part of one ``blobs.deleted`` audit event 
 and sweep. A blob deleted but not yet recorded (a crash in between) is recorded by the
 next sweep; deleting a missing blob is a no-op, so nothing is deleted twice.
 
-Not purged yet: superseded SISA checkpoints and erased samples inside uploaded datasets.
+Not purged yet: erased samples inside uploaded datasets.
 On S3 with bucket versioning a delete leaves earlier object versions: use an unversioned
 bucket (or a lifecycle rule expiring noncurrent versions) for Lethe's store.
 """
@@ -118,6 +122,12 @@ def plan(*, db: Session, model: Model, store: BlobStore, now: datetime) -> list[
                 p = blobs[step]
                 doomed.append(Doomed(p.key, "subtracted-step", lineage.run_id, p.sha256, p.size,
                                      request_ids=tuple(by_step.get(step, ()))))
+    checkpoints = (lineage.ledger or {}).get("checkpoints")
+    if checkpoints and _lineage_lock_now(db, lineage.id):
+        referenced = {p["key"] for pointers in checkpoints.values() for p in pointers}
+        for key in store.list(f"{run_prefix(lineage.run_id)}/shards/"):
+            if key.endswith(".safetensors") and key not in referenced:
+                doomed.append(Doomed(key, "superseded-checkpoint", lineage.run_id))
     older = [v for v in versions if v.number < first]
     if all(v.id in gone for v in older):
         held = tuple(sorted({r for v in older for r in (gone[v.id].request_ids or ())}))
@@ -129,6 +139,16 @@ def plan(*, db: Session, model: Model, store: BlobStore, now: datetime) -> list[
             for key in [*keys, f"{prefix}/run.json"]:  # run.json last: resumable
                 doomed.append(Doomed(key, "replaced-lineage", run.run_id, request_ids=held))
     return doomed
+
+
+def _lineage_lock_now(db: Session, run_pk: int) -> bool:
+    """Take the lineage lock (the run row, ``FOR UPDATE``) unless an erasure holds it."""
+    return (
+        db.scalar(
+            select(TrainingRun.id).where(TrainingRun.id == run_pk).with_for_update(skip_locked=True)
+        )
+        is not None
+    )
 
 
 def _requests_by_step(db: Session, model_id: int, run_id: str) -> dict[int, list[str]]:
