@@ -200,3 +200,62 @@ async def test_superseded_sisa_checkpoints_are_purged_and_the_ensemble_serves_on
         select(ModelVersion.number).join(Model).where(Model.name == "s").order_by(ModelVersion.number)
     ).all()
     assert numbers == [0, 1, 2]
+
+
+async def test_kill_9_during_a_purge_resumes_without_deleting_twice_or_leaving_anything(
+    db_session, api_keys, recorded_runs, s3_settings, monkeypatch
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from api.blobs import get_store
+    from tests.conftest import _drop_bucket
+    from tests.test_celery_workers import copy_run, register_digits, register_model, subject_ids
+    from tests.test_compaction import requester
+    from api.erasure import service as erasure
+    from api.erasure.schemas import ErasureRequestCreate
+
+    bucket = f"lethe-purge-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("LETHE_BLOB_STORE", f"s3://{bucket}/blobs")
+    monkeypatch.setenv("LETHE_S3_ENDPOINT", s3_settings.endpoint)
+    get_settings.cache_clear()
+    get_store.cache_clear()
+    store = get_store()
+    try:
+        copy_run(recorded_runs, store, "celery-big")
+        register_model(db_session, store, register_digits(db_session), "big", "celery-big")
+        with get_sessionmaker()() as db:  # 400 samples: nearly every recorded step
+            erasure.create(db=db, principal=requester(db), idempotency_key=None,
+                           body=ErasureRequestCreate(sample_ids=subject_ids(0, 40), models=["big"]))
+        assert work(store) == 1
+        ledger = db_session.scalar(select(TrainingRun.ledger).where(TrainingRun.run_id == "celery-big"))
+        blobs = open_artifact(store, "celery-big").update_blobs
+        doomed = [blobs[s].key for s in ledger["subtracted_steps"]]
+        assert len(doomed) > 300
+
+        code = ("from api.database.core import get_sessionmaker; from api.purge.service import sweep; "
+                "sweep(session_factory=get_sessionmaker())")
+        proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), start_new_session=True)
+        deadline = time.monotonic() + 60
+        while store.exists(doomed[10]):  # some are gone: it is in the middle of the sweep
+            assert time.monotonic() < deadline and proc.poll() is None, "the sweep ended or never began"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        left = [k for k in doomed if store.exists(k)]
+        assert 0 < len(left) < len(doomed)  # killed half-way
+        assert rows(db_session) == []  # nothing recorded: its transaction died with it
+
+        assert purge() == len(doomed)  # the next sweep records every one, deletes the rest
+        recorded = [r.key for r in rows(db_session, "subtracted-step")]
+        assert sorted(recorded) == sorted(doomed) and len(set(recorded)) == len(recorded)
+        assert not any(store.exists(k) for k in doomed)
+        assert all(r.sha256 for r in rows(db_session))
+        assert purge() == 0
+    finally:
+        _drop_bucket(store)
+        get_store.cache_clear()
