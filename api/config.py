@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(
         default=5, ge=0, description="retries (exponential backoff) of a task hit by a transient fault"
     )
+    # Webhooks (api/webhooks): deliveries retried with backoff, then failed.
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, le=100, description="attempts of a webhook delivery before it is failed"
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10, gt=0, le=120, description="how long one webhook delivery POST may take"
+    )
     receipt_signing_key: SecretStr | None = Field(
         default=None,
         description="Ed25519 private key that signs erasure receipts (PEM, or base64 of the raw 32 "

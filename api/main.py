@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from api.purge.views import router as purge_router
     from api.receipts.views import router as receipts_router
     from api.registry.views import router as registry_router
+    from api.webhooks.views import router as webhooks_router
 
     settings = settings or get_settings()
     app = FastAPI(title="Lethe", version="0.1.0", description=DESCRIPTION)
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (
         health_router, erasure_router, admin_router, registry_router, compaction_router,
-        datasets_router, audit_router, receipts_router, purge_router,
+        datasets_router, audit_router, receipts_router, purge_router, webhooks_router,
     ):
         app.include_router(router)
     from api.dashboard.views import install as install_dashboard

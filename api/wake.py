@@ -35,6 +35,7 @@ PROCESS_JOB: Final = "lethe.process_job"
 TRAIN_RUN: Final = "lethe.train_run"
 TRAIN_SISA_SHARD: Final = "lethe.train_sisa_shard"
 DISPATCH: Final = "lethe.dispatch"
+DELIVER_WEBHOOK: Final = "lethe.deliver_webhook"  # cpu queue: an HTTP POST, no device
 #: Tasks that use a worker's device (routed to ``LETHE_WORK_QUEUE``).
 DEVICE_TASKS: Final = frozenset({PROCESS_JOB, TRAIN_RUN, TRAIN_SISA_SHARD})
 

@@ -184,6 +184,11 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/datasets/upload"): Row(scoped(admin=201), lambda c, w: {**upload_body(), "data": {"name": f"u-{c}"}}),
     ("GET", "/datasets/{name}"): Row(scoped(admin=200)),
     ("GET", "/metrics"): Row(scoped(admin=200)),
+    # webhooks: the admin's POST makes webhook 1 (ids restart per test), used by the rows below
+    ("POST", "/webhooks"): Row(scoped(admin=201), lambda c, w: {"json": {"url": f"http://127.0.0.1:9/{c}"}}),
+    ("GET", "/webhooks"): Row(scoped(admin=200)),
+    ("GET", "/webhooks/{webhook_id}/deliveries"): Row(scoped(admin=200)),
+    ("DELETE", "/webhooks/{webhook_id}"): Row(scoped(admin=204)),
     # version 0 has no erasure report: past the scope check, the 404 says so
     ("GET", "/models/{name}/versions/{version}/report"): Row(scoped(registry=404, admin=404)),
     # The dashboard authenticates by a session cookie that only an admin key's login opens;
@@ -210,7 +215,8 @@ MATRIX: dict[tuple[str, str], Row] = {
 def fill(template: str, world: World) -> str:
     name = world.dataset if template.startswith("/datasets") else world.model
     return template.format(
-        request_id=world.request_id, name=name, version=world.version, number=world.version, path="dashboard.css"
+        request_id=world.request_id, name=name, version=world.version, number=world.version, path="dashboard.css",
+        webhook_id=1,
     )
 
 

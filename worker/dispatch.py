@@ -4,7 +4,9 @@ Every ``lethe worker`` runs a dispatcher thread (``LETHE_DISPATCH_INTERVAL_SECON
 a thread rather than Celery beat, so there is no extra process to deploy and every worker
 can take over when another dies). One round (:func:`dispatch_once`):
 
-0. *purge* (every ``LETHE_PURGE_INTERVAL_SECONDS``): blobs that still hold erased data and
+0. *webhooks*: deliveries whose worker died go back to ``queued``; due ones (a retry's
+   ``next_attempt_at`` passed, or a lost message) are enqueued, once per stale period;
+   *purge* (every ``LETHE_PURGE_INTERVAL_SECONDS``): blobs that still hold erased data and
    that nothing needs any more are deleted (:mod:`api.purge.service`);
    *erasure policies*: a model whose policy fires (a request approximate for too long, too
    many of them, too much subtracted, accuracy drifted) gets a compaction queued
@@ -44,6 +46,7 @@ from api.compaction import service as compaction
 from api.erasure import flows as erasure
 from api.purge import service as purge
 from api.registry import flows as registry
+from api.webhooks import flows as webhooks
 
 log = logging.getLogger("lethe.dispatch")
 
@@ -126,6 +129,12 @@ def dispatch_once(app: Any) -> dict[str, int]:
             )
         report["enqueued_runs"] += enqueue_training(runs, app=app)
         report["enqueued_jobs"] += enqueue_jobs(jobs, app=app)
+        try:  # webhook deliveries: abandoned ones and those due (retries) get a message
+            due = webhooks.requeue_abandoned(session_factory=session_factory)
+            due += webhooks.due_ids(session_factory=session_factory)
+            report["enqueued_webhooks"] = wake.send(wake.DELIVER_WEBHOOK, [(d,) for d in due], app=app)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("webhook delivery round failed: %s", exc)
         depth = queue_depth(app, settings.work_queue)
         report["queue_depth"] = -1 if depth is None else depth
         if depth:  # workers are busy with what is queued; they come back for the rest
@@ -175,7 +184,7 @@ class Dispatcher:
                     report.get(k)
                     for k in (
                         "requeued_jobs", "requeued_runs", "enqueued_jobs", "enqueued_runs",
-                        "compactions_queued", "blobs_purged",
+                        "compactions_queued", "blobs_purged", "enqueued_webhooks",
                     )
                 ):
                     log.info("dispatch: %s", report)

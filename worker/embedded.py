@@ -21,6 +21,7 @@ from api.erasure import flows
 from api.purge import service as purge
 from worker.dispatch import purge_due
 from api.registry import flows as training
+from api.webhooks import flows as webhooks
 from unlearning_core.store import BlobStore
 
 log = logging.getLogger("lethe.worker")
@@ -84,6 +85,7 @@ class EmbeddedWorker:
         # previous process. Put it back in the queue (the ledger makes redoing it safe).
         requeued = flows.requeue_interrupted(session_factory=session_factory)
         requeued += training.requeue_interrupted_training(session_factory=session_factory)
+        requeued += webhooks.requeue_interrupted(session_factory=session_factory)
         if requeued:
             log.warning("re-queued %d job(s) interrupted by a previous shutdown", requeued)
         self._stop.clear()
@@ -116,6 +118,7 @@ class EmbeddedWorker:
             compaction.schedule_due(session_factory=session_factory)
             if purge_due(self.settings.purge_interval_seconds):
                 purge.sweep(session_factory=session_factory)
+            webhooks.deliver_due(session_factory=session_factory, limit=10)
             n += training.process_pending_training(
                 session_factory=session_factory, store=store, device=device
             )

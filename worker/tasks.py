@@ -8,6 +8,8 @@
   parallel;
 - ``lethe.train_sisa_shard(run_pk, shard)``: :func:`api.registry.flows.process_training_shard`
   (the task that trains the last shard assembles and publishes the run);
+- ``lethe.deliver_webhook(delivery_id)``: :func:`api.webhooks.flows.process_delivery`
+  (one signed POST; a failure is retried later from the delivery table, not by Celery);
 - ``lethe.dispatch()``: one round of :func:`worker.dispatch.dispatch_once`.
 
 Idempotent: a redelivered or duplicated task finds its job done, or ``running`` with a
@@ -39,6 +41,7 @@ from api.erasure import flows as erasure_flows
 from api.jobs.policy import celery_retry_options
 from api.observability.context import log_context
 from api.registry import flows as registry_flows
+from api.webhooks import flows as webhook_flows
 from worker.celery_app import app
 from worker.dispatch import dispatch_once
 
@@ -140,6 +143,17 @@ def train_sisa_shard(self, run_pk: int, shard: int) -> str:  # type: ignore[no-u
         self.request.hostname,
     )
     return outcome
+
+
+@app.task(name=wake.DELIVER_WEBHOOK, bind=True, **RETRY)
+def deliver_webhook(self, delivery_id: int) -> str:  # type: ignore[no-untyped-def]
+    """POST webhook delivery ``delivery_id`` if it is due (:mod:`api.webhooks.flows`)."""
+    from api.database.core import get_sessionmaker
+
+    return webhook_flows.process_delivery(
+        session_factory=get_sessionmaker(), delivery_id=int(delivery_id),
+        retry_transient=self.request.retries < self.max_retries,
+    )
 
 
 @app.task(name=wake.DISPATCH, **RETRY)

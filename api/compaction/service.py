@@ -28,6 +28,7 @@ from api.errors import ConflictError
 from api.jobs.states import JobState
 from api.registry import service as registry
 from api.registry.models import Model, ModelVersion, RunKind, TrainingRun
+from api.webhooks import service as webhooks
 from unlearning_core.compaction import LineageState, Trigger, deadline_of, due_trigger, triggers
 from unlearning_core.runs.ledger import Ledger
 from unlearning_core.vocab import TrainingMethod
@@ -356,6 +357,9 @@ def settle_compaction(
     # Jobs that ran on this model's newer lineage since cover the rest (none are left).
     if new_ids:
         wake.after_commit(db, wake.PROCESS_JOB, new_ids)
+    webhooks.emit_to_requests(db, request_ids=exact, kind="version.published", payload={
+        "model": model.name, "version": version.number, "method": version.method, "guarantee": "exact"})
+    webhooks.emit_exact(db, request_ids=exact)
     return exact, new_ids
 
 

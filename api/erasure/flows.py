@@ -61,6 +61,7 @@ from api.registry import withdrawal
 from api.registry.ledger import DbLedger
 from api.registry.models import Model, ModelVersion, TrainingRun
 from api.registry.reports import publish_report
+from api.webhooks import service as webhooks
 from unlearning_core.errors import RunError
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import MethodRun, apply_method, report
@@ -460,6 +461,9 @@ def _record_result(
             actor=WORKER,
             report=render,
         )
+        webhooks.emit(db, tenant=request.tenant, kind="version.published", payload={
+            "model": model.name, "version": version.number, "method": version.method,
+            "guarantee": version_guarantee(version.method)})
         withdrawal.schedule(
             db=db, model=model, successor=version, request_ids=[claim.request_id],
             reason="erasure", actor=WORKER,
@@ -511,6 +515,8 @@ def _record_result(
     )
     if pending is None and request.status == RequestStatus.RUNNING:
         _complete_request(db, store, request)
+    if job.exact_at is not None:  # webhooks: request.exact once all its jobs are exact
+        webhooks.emit_exact(db, request_ids=[claim.request_id])
     return True
 
 
@@ -554,6 +560,8 @@ def _complete_request(db: Session, store: BlobStore, request: ErasureRequest) ->
         actor=WORKER,
         payload={"samples_erased": erased, "versions": versions},
     )
+    webhooks.emit(db, tenant=request.tenant, kind="request.completed",
+                  payload={"request_id": request.id, "versions": versions})
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from api.audit.service import append as audit
 from api.config import get_settings
 from api.database.core import utcnow
 from api.registry.models import Model, ModelVersion, VersionWithdrawal
+from api.webhooks import service as webhooks
 
 
 def default_grace() -> timedelta:
@@ -84,6 +85,10 @@ def schedule(
             "requests": len(request_ids),
         },
     )
+    for number in numbers:  # webhooks: to the tenants of the requests that caused it
+        webhooks.emit_to_requests(db, request_ids=request_ids, kind="version.withdrawn", payload={
+            "model": model.name, "version": number, "successor": successor.number,
+            "reason": reason, "effective_at": effective.isoformat()})
     db.flush()
     return numbers
 
