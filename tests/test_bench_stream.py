@@ -15,7 +15,7 @@ from unlearning_core.store import LocalBlobStore
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def load_bench():  # noqa: ANN201 (the script as a module)
+def load_bench():  # the script as a module
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))  # the script imports ``common`` from its own folder
     spec = importlib.util.spec_from_file_location("lethe_bench_erasure_stream", BENCH / "erasure_stream.py")

@@ -994,36 +994,42 @@ def render_erasure_stream(name: str, data: Mapping[str, Any]) -> str:
          size(t.get("storage_bytes"))]
         for m, t in data.get("training", {}).items()
     ]
-    acc_rows, cost_rows, target_rows, fire_rows = [], [], [], []
-    for key, c in streams.items():
-        label, policy = _stream_label(c), _stream_policy(c)
-        rec = _num(c.get("recovery_steps"))
-        triggers = ", ".join(f"{t} {_num(n)}" for t, n in (c.get("triggers") or {}).items()) or "-"
+    acc_rows, comp_rows, cost_rows, target_rows, fire_rows = [], [], [], [], []
+    for c in streams.values():
+        head = [_stream_label(c), _stream_policy(c), _num(c.get("recovery_steps")), _num(c.get("requests"))]
         first, low = c.get("first_test_acc"), c.get("min_test_acc")
-        acc_rows.append([
-            label, policy, rec, _num(c.get("requests")),
-            f"{_num(c.get('compactions'))} ({_num(c.get('compactions_per_100_requests'), 1)} per 100)",
-            triggers,
+        measured = [v for v in c.get("versions_log", []) if v.get("test_acc") is not None]
+        below = (
+            sum(1 for v in measured if v["test_acc"] < first - 0.02) if first is not None else None
+        )
+        compacted = [v["test_acc"] for v in measured if v.get("kind") == "compact"]
+        acc_rows.append(head[:3] + [
             acc(first),
             f"{acc(low)} ({(low - first) * 100:+.1f} points)" if first is not None and low is not None else "-",
+            f"{_num(below)} of {_num(len(measured))}" if below is not None else "-",
+            f"{acc(min(compacted))} to {acc(max(compacted))}" if compacted else "-",
             acc(c.get("final_test_acc")),
             acc(c.get("final_retain_acc")),
-            share(c.get("max_subtracted_share")),
-            (f"{_num(c.get('max_days_to_exact'), 1)} ({_num(c.get('exact_requests'))} exact)"
-             if c.get("max_days_to_exact") is not None else f"never ({_num(c.get('exact_requests'))} exact)"),
         ])
-        cost_rows.append([
-            label, policy, rec,
+        triggers = ", ".join(f"{t} {_num(n)}" for t, n in (c.get("triggers") or {}).items()) or "-"
+        comp_rows.append(head + [
+            f"{_num(c.get('compactions'))} ({_num(c.get('compactions_per_100_requests'), 1)} per 100)",
+            triggers,
+            share(c.get("max_subtracted_share")),
+            f"{_num(c.get('exact_requests'))} of {_num(c.get('requests'))}",
+            _num(c.get("mean_days_to_exact"), 2) if c.get("mean_days_to_exact") is not None else "never",
+            _num(c.get("max_days_to_exact"), 2) if c.get("max_days_to_exact") is not None else "never",
+        ])
+        cost_rows.append(head[:3] + [
             f"{secs(c.get('approx_seconds_total'))} ({secs(c.get('approx_seconds_median'))} median)",
-            secs(c.get("compaction_seconds_total")),
+            secs(c.get("compaction_seconds_total")) if c.get("compactions") else "none",
             secs(c.get("retrain_per_request_seconds_estimate")),
             size(c.get("max_lineage_bytes")),
             size(c.get("final_store_bytes")),
         ])
         if "targets" in c:
             t = c["targets"]
-            target_rows.append([
-                label, policy, rec,
+            target_rows.append(head[:3] + [
                 _num(t.get("test_acc_within_2_points_of_first")),
                 _num(t.get("every_request_exact_within_policy_days")),
                 _num(t.get("at_most_2_compactions_per_100_requests")),
@@ -1031,37 +1037,45 @@ def render_erasure_stream(name: str, data: Mapping[str, Any]) -> str:
             ])
         if "default_policy_would_first_fire_at_request" in c:
             fired = c["default_policy_would_first_fire_at_request"]
-            fire_rows.append([label, rec] + [
+            fire_rows.append(head[:3] + [
                 _num(fired[t] + 1) if t in fired else "never"
                 for t in ("requests", "subtracted_share", "accuracy_drop", "deadline")
             ])
+    cols = ["model", "compaction", "recovery steps"]
     parts = [
-        table(["model", "record", "steps", "training s", "wall s", "recorded"], training_rows),
-        table(
-            ["model", "compaction", "recovery steps", "requests", "compactions (full retrainings)", "triggers",
-             "first test acc", "lowest test acc (vs first)", "final test acc", "final retain acc",
-             "most steps subtracted", f"most days to exact (policy: {_num(within)})"],
+        "Trained runs (each stream starts from a copy of its model's run):\n\n"
+        + table(["model", "record", "steps", "training s", "wall s", "recorded"], training_rows),
+        "Accuracy over the stream (versions: every published version, compactions included):\n\n"
+        + table(
+            cols + ["first test acc", "lowest test acc (vs first)", "versions over 2 points below first",
+                    "compacted models' test acc", "final test acc", "final retain acc"],
             acc_rows,
         ),
-        table(
-            ["model", "compaction", "recovery steps", "approximate answers s", "compactions s",
-             "retraining once per request s (estimate)", "largest lineage", "store at the end"],
+        "Compactions and the exact tier (days of simulated time from a request's arrival to the "
+        f"compaction that made it exact; the policy allows {_num(within)}):\n\n"
+        + table(
+            cols + ["requests", "compactions (full retrainings)", "triggers", "most steps subtracted",
+                    "requests exact", "mean days to exact", "most days to exact"],
+            comp_rows,
+        ),
+        "Compute (wall seconds) and storage:\n\n"
+        + table(
+            cols + ["approximate answers s", "compactions s", "retraining once per request s (estimate)",
+                    "largest lineage", "store at the end"],
             cost_rows,
         ),
     ]
     if target_rows:
-        parts.append(table(
-            ["model", "compaction", "recovery steps", "test acc never 2 points below first",
-             "every request exact within the policy's days", "at most 2 compactions per 100 (partial)",
-             "targets met"],
+        parts.append("The issue's targets, with compaction on:\n\n" + table(
+            cols + ["test acc never 2 points below first", "every request exact within the policy's days",
+                    "at most 2 compactions per 100 (partial only)", "targets met"],
             target_rows,
         ))
     if fire_rows:
         parts.append(
             "With compaction off, the request at which each trigger of the default policy would "
             "first have fired on the never-compacted lineage:\n\n"
-            + table(["model", "recovery steps", "requests", "subtracted share", "accuracy drop", "deadline"],
-                    fire_rows)
+            + table(cols + ["requests", "subtracted share", "accuracy drop", "deadline"], fire_rows)
         )
     data_note = data.get("data", {}).get("retain_eval")
     if data_note:
