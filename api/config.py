@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         default=100, ge=1, description="default policy: compact once this many requests are approximate only"
     )
     compact_max_subtracted_share: float | None = Field(
-        default=0.5, gt=0, le=1,
+        default=None, gt=0, le=1,
         description="default policy: compact once this share of a lineage's recorded steps was subtracted",
     )
     compact_max_accuracy_drop: float | None = Field(

@@ -351,7 +351,7 @@ def test_the_policy_fires_on_whichever_trigger_comes_first() -> None:
     from datetime import UTC, datetime, timedelta
 
     now = datetime(2026, 11, 30, tzinfo=UTC)
-    policy = CompactionPolicy()
+    policy = CompactionPolicy(max_subtracted_share=0.5)
 
     def state(**kw: Any) -> LineageState:
         base = {"waiting_requests": 1, "oldest_waiting_at": now, "subtracted_share": 0.1,

@@ -1090,6 +1090,7 @@ RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], str]] = {
     "class_forgetting": render_class_forgetting,
     "compare_fashion": render_compare_fashion,
     "erasure_stream": render_erasure_stream,
+    "erasure_stream_no_share_trigger": render_erasure_stream,
     "faults": render_faults,
     "recording_overhead": render_recording_overhead,
     "sample_forgetting": render_sample_forgetting,
