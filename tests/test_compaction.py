@@ -384,6 +384,10 @@ async def test_kill_9_during_a_compaction_in_a_stream_publishes_one_exact_versio
     copy_run(recorded_runs, store, "celery-big")
     dataset_id = register_digits(db_session)
     register_model(db_session, store, dataset_id, "big", "celery-big")
+    # Only the compaction asked below: no trigger may add another (this is about kill -9).
+    big = db_session.scalar(select(Model).where(Model.name == "big"))
+    big.erasure_policy = dict.fromkeys(CompactionPolicy.model_fields)
+    db_session.commit()
     before = file_now(subject(1), "big")
     assert work(store) == 1
     stale = {"LETHE_JOB_STALE_SECONDS": "3"}

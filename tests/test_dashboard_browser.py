@@ -172,7 +172,8 @@ def test_dashboard_in_headless_chromium(live_server: str, seeded: dict[str, Any]
             job = page.locator(f'#jobs tr[data-model="{MODEL}"]')
             expect(job).to_contain_text("partial-amnesiac")
             expect(job).to_contain_text("100%")
-            expect(job.locator("td").last).to_have_text("v1")
+            expect(job.locator("td[data-col=version]")).to_have_text("v1")
+            expect(job.locator("td[data-guarantee]")).to_contain_text("approximate")
             version = db_session.scalar(
                 select(ModelVersion).join(Model).where(Model.name == MODEL, ModelVersion.number == 1)
             )
