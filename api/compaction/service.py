@@ -23,6 +23,7 @@ from api.audit.service import append as audit
 from api.compaction.policy import merged, policy_of
 from api.config import get_settings
 from api.database.core import utcnow
+from api.erasure import service as erasure
 from api.erasure.models import ErasureRequest, RequestJob
 from api.errors import ConflictError
 from api.jobs.states import JobState
@@ -331,32 +332,16 @@ def settle_compaction(
                 exact.append(job.request_id)
         elif job.id not in repeated:  # applied again once already: that job covers it
             again.append(job)
-    new_ids: list[int] = []
-    for job in again:
-        follow = RequestJob(
-            request_id=job.request_id,
-            model_id=job.model_id,
-            method=job.method,
-            method_options=job.method_options,
-            sample_ids=list(job.sample_ids or ()),
-            status=JobState.QUEUED,
-            reapplies_job_id=job.id,
-            details={"reason": f"its samples were erased while compaction to version {version.number} trained"},
+    new_ids = [
+        erasure.add_follow_up_job(
+            db=db, request_id=job.request_id, model=model, method=job.method,
+            method_options=job.method_options, sample_ids=list(job.sample_ids or ()),
+            reason=f"its samples were erased while compaction to version {version.number} trained",
+            event="job.reapplied", reapplies_job_id=job.id,
+            payload={"reapplies_job_id": job.id, "version": version.number},
         )
-        db.add(follow)
-        db.flush()
-        new_ids.append(follow.id)
-        audit(
-            db,
-            "job.reapplied",
-            request_id=job.request_id,
-            model_name=model.name,
-            actor="worker",
-            payload={"job_id": follow.id, "reapplies_job_id": job.id, "version": version.number},
-        )
-    # Jobs that ran on this model's newer lineage since cover the rest (none are left).
-    if new_ids:
-        wake.after_commit(db, wake.PROCESS_JOB, new_ids)
+        for job in again
+    ]
     webhooks.emit_to_requests(db, request_ids=exact, kind="version.published", payload={
         "model": model.name, "version": version.number, "method": version.method, "guarantee": "exact"})
     webhooks.emit_exact(db, request_ids=exact)

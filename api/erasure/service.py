@@ -284,28 +284,54 @@ def add_late_jobs(*, db: Session, model: Model, erased: dict[str, list[str]]) ->
         request = db.get(ErasureRequest, request_id) if request_id else None
         if request is None:  # tombstoned by no request (a dataset registered so): no owner
             continue
-        job = RequestJob(
-            request_id=request.id,
-            model_id=model.id,
-            method=model.unlearn_method,
-            sample_ids=sorted(sample_ids),
-            status=JobStatus.QUEUED,
-            details={"reason": "its samples were erased while the model trained"},
+        ids.append(
+            add_follow_up_job(
+                db=db, request_id=request.id, model=model, method=model.unlearn_method,
+                sample_ids=sample_ids, reason="its samples were erased while the model trained",
+                event="job.added",
+            )
         )
-        db.add(job)
-        db.flush()
-        ids.append(job.id)
-        audit_append(
-            db,
-            "job.added",
-            request_id=request.id,
-            model_name=model.name,
-            actor="worker",
-            payload={"job_id": job.id, "samples": len(sample_ids), "reason": "erased while the model trained"},
-        )
-    if ids:
-        wake.after_commit(db, wake.PROCESS_JOB, ids)
     return ids
+
+
+def add_follow_up_job(
+    *,
+    db: Session,
+    request_id: str,
+    model: Model,
+    method: str,
+    sample_ids: Sequence[str],
+    reason: str,
+    event: str,
+    method_options: dict[str, Any] | None = None,
+    reapplies_job_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+) -> int:
+    """A queued job added to a request that may be completed already (a model that was
+    training when it completed, or an erasure applied again on a compaction's new lineage):
+    audited ``event``, the worker woken on commit. Its id."""
+    job = RequestJob(
+        request_id=request_id,
+        model_id=model.id,
+        method=method,
+        method_options=method_options,
+        sample_ids=sorted(sample_ids),
+        status=JobStatus.QUEUED,
+        reapplies_job_id=reapplies_job_id,
+        details={"reason": reason},
+    )
+    db.add(job)
+    db.flush()
+    audit_append(
+        db,
+        event,
+        request_id=request_id,
+        model_name=model.name,
+        actor="worker",
+        payload={"job_id": job.id, "samples": len(sample_ids), "reason": reason, **(payload or {})},
+    )
+    wake.after_commit(db, wake.PROCESS_JOB, [job.id])
+    return job.id
 
 
 def queued_job_ids(*, db: Session, request_id: str) -> list[int]:
