@@ -215,7 +215,10 @@ def provenance(name: str, data: Mapping[str, Any]) -> str:
     items = [f"result file: `bench/results/{name}.json`"]
     for key in PROVENANCE:
         if key in data:
-            items.append(f"{key}: `{_scalar(data[key])}`")
+            value = data[key]
+            items.append(f"{key}: `{_scalar(value)}`" if value is not None else f"{key}: not recorded")
+    if data.get("provenance_backfilled"):
+        items.append(f"provenance {data['provenance_backfilled']}")
     if "load_average" not in data and ("load_average_start" in data or "load_average_end" in data):
         start = data.get("load_average_start")
         end = data.get("load_average_end")
