@@ -65,17 +65,23 @@ def _round_lock() -> Iterator[bool]:
         yield bool(conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LOCK_KEY}))
 
 
-_last_purge = 0.0
+class Every:
+    """A chore of this process that runs at most once per ``interval`` seconds (the first
+    call is due at once; an interval of 0 or less means never)."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+
+    def due(self, interval: float) -> bool:
+        now = time.monotonic()
+        if interval <= 0 or (self._last is not None and now - self._last < interval):
+            return False
+        self._last = now
+        return True
 
 
-def purge_due(interval: float) -> bool:
-    """Whether this process's purge sweep is due (at most every ``interval`` seconds)."""
-    global _last_purge
-    now = time.monotonic()
-    if interval <= 0 or now - _last_purge < interval:
-        return False
-    _last_purge = now
-    return True
+#: This process's purge sweep (``LETHE_PURGE_INTERVAL_SECONDS``).
+PURGE = Every()
 
 
 def queue_depth(app: Any, queue: str) -> int | None:
@@ -115,7 +121,7 @@ def dispatch_once(app: Any) -> dict[str, int]:
             report["compactions_queued"] = len(compaction.schedule_due(session_factory=session_factory))
         except Exception as exc:  # noqa: BLE001 - the rest of the round still runs
             log.warning("could not check the erasure policies: %s", exc)
-        if purge_due(settings.purge_interval_seconds):
+        if PURGE.due(settings.purge_interval_seconds):
             try:
                 report["blobs_purged"] = purge.sweep(session_factory=session_factory)
             except Exception as exc:  # noqa: BLE001

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from api.compaction import service as compaction
 from api.erasure import flows
 from api.purge import service as purge
-from worker.dispatch import purge_due
+from worker.dispatch import PURGE, Every
 from api.registry import flows as training
 from api.webhooks import flows as webhooks
 from unlearning_core.store import BlobStore
@@ -65,6 +65,7 @@ class EmbeddedWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.processed = 0
+        self._policies = Every()
 
     @property
     def running(self) -> bool:
@@ -115,8 +116,11 @@ class EmbeddedWorker:
         ):
             n += 1
         if not self._stop.is_set():
-            compaction.schedule_due(session_factory=session_factory)
-            if purge_due(self.settings.purge_interval_seconds):
+            # Each erasure job checks its model's policy already; the deadline trigger needs
+            # a periodic look, not one a second.
+            if self._policies.due(self.settings.dispatch_interval_seconds or self.settings.worker_poll_seconds):
+                compaction.schedule_due(session_factory=session_factory)
+            if PURGE.due(self.settings.purge_interval_seconds):
                 purge.sweep(session_factory=session_factory)
             webhooks.deliver_due(session_factory=session_factory, limit=10)
             n += training.process_pending_training(

@@ -97,7 +97,7 @@ def _start(session_factory: SessionFactory, token: LeaseToken) -> Start:
         assert run is not None, f"compaction run {token.job_id} vanished"
         model = db.get(Model, run.model_id)
         assert model is not None
-        lineage = service.lineage_run(db=db, model_id=model.id)
+        lineage = registry.lineage_run(db=db, model_id=model.id)
         if lineage is None or lineage.ledger is None:
             raise RunError(f"model {model.name!r} has no completed training run to compact")
         erased = datasets.erased_ids(db=db, dataset_id=model.dataset_id)

@@ -49,22 +49,6 @@ ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 # ---------------------------------------------------------------------------------------
 
 
-def lineage_run(*, db: Session, model_id: int) -> TrainingRun | None:
-    """The model's lineage: its newest completed run (first training or compaction)."""
-    return db.scalar(
-        select(TrainingRun)
-        .where(TrainingRun.model_id == model_id, TrainingRun.status == JobState.COMPLETED)
-        .order_by(TrainingRun.id.desc())
-        .limit(1)
-    )
-
-
-def first_version_number(run: TrainingRun) -> int:
-    """The number of the lineage's first version (0, or a compaction's)."""
-    versions = (run.ledger or {}).get("versions") or [{}]
-    return int(versions[0].get("version", 0))
-
-
 def active_compaction(*, db: Session, model_id: int) -> TrainingRun | None:
     return db.scalar(
         select(TrainingRun).where(
@@ -119,28 +103,32 @@ def requests_awaiting_exact(*, db: Session) -> int:
     )
 
 
-def _version_metric(db: Session, model_id: int, number: int, key: str) -> float | None:
+def _metrics_of(db: Session, model_id: int, number: int) -> dict[str, float | None]:
+    """A version's numeric metrics (None for the rest, and for a version without metrics)."""
     metrics = db.scalar(
         select(ModelVersion.metrics).where(
             ModelVersion.model_id == model_id, ModelVersion.number == number
         )
-    )
-    value = (metrics or {}).get(key)
-    return float(value) if isinstance(value, (int, float)) else None
+    ) or {}
+    return {
+        k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        for k, v in metrics.items()
+    }
 
 
 def lineage_state(*, db: Session, model: Model, run: TrainingRun) -> tuple[LineageState, dict[str, Any]]:
     """What the policy looks at for the model's lineage ``run``, and the figures behind it."""
     ledger = Ledger.model_validate(run.ledger) if run.ledger else None
-    first = first_version_number(run)
+    first = registry.first_version_number(run)
     head = ledger.head.version if ledger else first
-    steps = _version_metric(db, model.id, first, "steps")
+    first_metrics = _metrics_of(db, model.id, first)
+    steps = first_metrics.get("steps")
     subtracted = len(ledger.subtracted_steps) if ledger else 0
-    first_acc = _version_metric(db, model.id, first, "test_acc")
-    latest_acc = _version_metric(db, model.id, head, "test_acc")
+    first_acc = first_metrics.get("test_acc")
+    latest_acc = first_acc if head == first else _metrics_of(db, model.id, head).get("test_acc")
     drop = first_acc - latest_acc if first_acc is not None and latest_acc is not None else None
     waiting, oldest, due = awaiting_exact(db=db, model_id=model.id)
-    train_seconds = _version_metric(db, model.id, first, "train_seconds")
+    train_seconds = first_metrics.get("train_seconds")
     state = LineageState(
         waiting_requests=waiting,
         oldest_waiting_at=oldest,
@@ -191,7 +179,7 @@ def request_compaction(
         raise ConflictError(
             f"model {model.name!r} has a compaction {active.status} already (run {active.run_id})"
         )
-    lineage = lineage_run(db=db, model_id=model.id)
+    lineage = registry.lineage_run(db=db, model_id=model.id)
     if lineage is None:
         raise ConflictError(f"model {model.name!r} has no completed training run to compact")
     run = TrainingRun(
@@ -251,7 +239,7 @@ def schedule_due(
     for model_id in candidates:
         with session_factory() as db:
             model = db.get(Model, model_id)
-            run = lineage_run(db=db, model_id=model_id)
+            run = registry.lineage_run(db=db, model_id=model_id)
             if model is None or run is None or active_compaction(db=db, model_id=model_id):
                 continue
             last = last_compaction(db=db, model_id=model_id)
@@ -357,7 +345,7 @@ def health(*, db: Session, model: Model, now: datetime | None = None) -> dict[st
     """The lineage's health as plain data (see :class:`api.compaction.schemas.ModelHealth`)."""
     now = now or utcnow()
     policy = policy_of(model.erasure_policy)
-    run = lineage_run(db=db, model_id=model.id)
+    run = registry.lineage_run(db=db, model_id=model.id)
     last = last_compaction(db=db, model_id=model.id)
     sisa = model.method == TrainingMethod.SISA
     alerts: list[str] = []

@@ -50,7 +50,7 @@ def scan(*, db: Session, now: datetime | None = None) -> list[dict[str, Any]]:
     for model in db.scalars(select(Model).order_by(Model.id)):
         store = registry.store_of(db=db, model=model)
         found.extend(_unwithdrawn(db, model))
-        for d in plan(db=db, model=model, store=store, now=now):
+        for d in plan(db=db, model=model, store=store, now=now, for_deletion=False):
             if d.reason == "replaced-lineage" and not d.key.endswith("/run.json"):
                 continue  # one row per lineage
             if store.exists(d.key):
@@ -90,10 +90,10 @@ def _unwithdrawn(db: Session, model: Model) -> list[dict[str, Any]]:
 def _overdue_reference(db: Session, model: Model, store: Any, now: datetime) -> list[dict[str, Any]]:
     """The current lineage's withdrawn first version, kept as the metrics' reference, once
     the oldest request waiting for exact is past its exact deadline."""
-    run = compaction.lineage_run(db=db, model_id=model.id)
+    run = registry.lineage_run(db=db, model_id=model.id)
     if run is None:
         return []
-    first = compaction.first_version_number(run)
+    first = registry.first_version_number(run)
     version = registry.get_version(db=db, model_id=model.id, number=first)
     if version is None or not store.exists(version.weights_key):
         return []

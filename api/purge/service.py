@@ -74,8 +74,12 @@ def _run_of_key(key: str) -> str:
     return parts[1] if len(parts) > 2 and parts[0] == "runs" else ""
 
 
-def plan(*, db: Session, model: Model, store: BlobStore, now: datetime) -> list[Doomed]:
-    """Everything of ``model`` the sweep may delete now (see the module doc)."""
+def plan(
+    *, db: Session, model: Model, store: BlobStore, now: datetime, for_deletion: bool = True
+) -> list[Doomed]:
+    """Everything of ``model`` the sweep may delete now (see the module doc). Only a sweep
+    that deletes (``for_deletion``) takes the lineage lock for the SISA checkpoints; the
+    residual scan only reads."""
     runs = list(
         db.scalars(
             select(TrainingRun)
@@ -123,7 +127,7 @@ def plan(*, db: Session, model: Model, store: BlobStore, now: datetime) -> list[
                 doomed.append(Doomed(p.key, "subtracted-step", lineage.run_id, p.sha256, p.size,
                                      request_ids=tuple(by_step.get(step, ()))))
     checkpoints = (lineage.ledger or {}).get("checkpoints")
-    if checkpoints and _lineage_lock_now(db, lineage.id):
+    if checkpoints and (not for_deletion or _lineage_lock_now(db, lineage.id)):
         referenced = {p["key"] for pointers in checkpoints.values() for p in pointers}
         for key in store.list(f"{run_prefix(lineage.run_id)}/shards/"):
             if key.endswith(".safetensors") and key not in referenced:

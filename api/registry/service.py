@@ -254,6 +254,27 @@ def create(
 # ---------------------------------------------------------------------------------------
 
 
+def _newest_completed_run(model_id: int) -> Any:
+    return (
+        select(TrainingRun)
+        .where(TrainingRun.model_id == model_id, TrainingRun.status == JobState.COMPLETED)
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    )
+
+
+def lineage_run(*, db: Session, model_id: int) -> TrainingRun | None:
+    """The model's lineage: its newest completed run (first training or compaction), the
+    run every erasure works from (read only; :func:`lock_lineage` to change it)."""
+    return db.scalar(_newest_completed_run(model_id))
+
+
+def first_version_number(run: TrainingRun) -> int:
+    """The number of a lineage's first version (0, or its compaction's)."""
+    versions = (run.ledger or {}).get("versions") or [{}]
+    return int(versions[0].get("version", 0))
+
+
 def lock_lineage(*, db: Session, model_id: int) -> TrainingRun | None:
     """Lock the model's completed training run ``FOR UPDATE``: the lineage lock. Every change
     to a model's versions and ledger holds it, so concurrent erasures of one model are
@@ -262,12 +283,7 @@ def lock_lineage(*, db: Session, model_id: int) -> TrainingRun | None:
     A compaction publishes a new lineage while holding the old one's lock; whoever waited
     for that lock then finds the newer run (each statement sees what committed before it
     ran) and takes its lock instead, so no erasure is applied to a replaced lineage."""
-    newest = (
-        select(TrainingRun)
-        .where(TrainingRun.model_id == model_id, TrainingRun.status == JobState.COMPLETED)
-        .order_by(TrainingRun.id.desc())
-        .limit(1)
-    )
+    newest = _newest_completed_run(model_id)
     locked = db.scalar(newest.with_for_update())
     while locked is not None:
         latest = db.scalar(newest.with_only_columns(TrainingRun.id))
