@@ -42,10 +42,16 @@ class NotFoundError(LetheError):
     """The named resource does not exist (or belongs to another tenant)."""
 
 
+class ForbiddenError(LetheError):
+    """The caller may not do this, whatever the resource (a server path outside the
+    directories the operator allows)."""
+
+
 STATUS_OF = {
     NotFoundError: 404,
     BlobNotFoundError: 404,
     ConflictError: 409,
+    ForbiddenError: 403,
     ForgetSetError: 422,
     DatasetError: 422,
     ModelError: 422,

@@ -21,7 +21,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from api.audit.views import router as audit_router
     from api.compaction.views import router as compaction_router
     from api.datasets.views import router as datasets_router
-    from api.erasure.views import admin_router, router as erasure_router
+    from api.erasure.views import admin_router
+    from api.erasure.views import router as erasure_router
     from api.health.views import router as health_router
     from api.purge.views import router as purge_router
     from api.receipts.views import router as receipts_router

@@ -59,20 +59,21 @@ def bootstrap_admin_key(session_factory: sessionmaker[Session], settings: Settin
 
 def seed_demo(session_factory: sessionmaker[Session], settings: Settings) -> None:
     """Digits with subjects of ten samples and a trained ``demo-digits`` model, once."""
-    from api.blobs import get_store
+    from api.auth.tenants import DEFAULT_TENANT
+    from api.blobs import tenant_store
     from api.datasets.models import Dataset
     from api.datasets.service import register
     from api.registry.flows import train_model_now
     from api.registry.models import Model
 
-    with session_factory() as db:
-        if db.scalar(select(Model).where(Model.name == DEMO_MODEL)) is not None:
+    with session_factory() as db:  # the demo belongs to the default tenant, as the first admin key
+        if db.scalar(select(Model).where(Model.tenant == DEFAULT_TENANT, Model.name == DEMO_MODEL)) is not None:
             return
-        if db.scalar(select(Dataset).where(Dataset.name == DEMO_DATASET)) is None:
+        if db.scalar(select(Dataset).where(Dataset.tenant == DEFAULT_TENANT, Dataset.name == DEMO_DATASET)) is None:
             register(db=db, name=DEMO_DATASET, source="digits", subject_size=10, actor="seed")
     log.info("training the demo model %s (a few seconds)", DEMO_MODEL)
     model = train_model_now(
-        session_factory=session_factory, store=get_store(), device=settings.device, actor="seed",
+        session_factory=session_factory, store=tenant_store(DEFAULT_TENANT), device=settings.device, actor="seed",
         spec={
             "name": DEMO_MODEL, "dataset": DEMO_DATASET, "architecture": "small-cnn",
             "method": "partial-amnesiac", "epochs": 5, "batch_size": 32, "lr": 0.05,
@@ -106,9 +107,8 @@ def serve(*, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
     from api.main import create_app
-    from worker.embedded import EmbeddedWorker
-
     from api.observability.logs import configure_logging
+    from worker.embedded import EmbeddedWorker
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)

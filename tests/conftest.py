@@ -114,11 +114,13 @@ def service_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     """Settings for one test: the session database (emptied), a private blob folder."""
     from sqlalchemy import text
 
-    from api.database.core import Base, get_engine, reset_caches
     import api.database.all_models  # noqa: F401
+    from api.database.core import Base, get_engine, reset_caches
 
     monkeypatch.setenv("LETHE_DATABASE_URL", pg_url)
     monkeypatch.setenv("LETHE_BLOB_STORE", str(tmp_path / "blobs"))
+    # server paths may be registered from the test's own folder only (api/datasets/config.py)
+    monkeypatch.setenv("LETHE_DATASET_ROOTS", str(tmp_path))
     monkeypatch.setenv("LETHE_EMBEDDED_WORKER", "false")
     monkeypatch.setenv("LETHE_SEED_DEMO", "false")
     monkeypatch.setenv("LETHE_DEVICE", "cpu")

@@ -12,7 +12,6 @@ from unlearning_core.data import load_dataset
 from unlearning_core.runs.spec import RunSpec
 from unlearning_core.store import BlobStore
 
-
 #: Recorded digits runs shared by the worker and compaction tests (the ``recorded_runs``
 #: fixture of conftest.py trains them once per session).
 RUNS = {
@@ -25,11 +24,14 @@ RUNS = {
 
 
 def insert_trained_model(
-    db: Session, *, store: BlobStore, dataset_id: int, name: str, run_id: str, architecture: str, method: str
+    db: Session, *, store: BlobStore, dataset_id: int, name: str, run_id: str, architecture: str, method: str,
+    tenant: str = "acme",
 ) -> Model:
-    """A trained model as training through the API leaves it: model, run with ledger, v0."""
+    """A trained model of ``tenant`` (the ``api_keys`` fixture's) as training through the API
+    leaves it: model, run with ledger, v0."""
     spec = RunSpec.model_validate(store.get_json(f"runs/{run_id}/run.json"))
     model = Model(
+        tenant=tenant,
         name=name, dataset_id=dataset_id, architecture=architecture, method=method,
         unlearn_method=method, status="ready",
     )
@@ -51,12 +53,16 @@ def insert_trained_model(
     return model
 
 
-def insert_digits_dataset(db: Session) -> Dataset:
-    """The digits dataset with subjects of ten, as ``POST /datasets`` leaves it (flushed)."""
-    data = load_dataset("digits", subject_size=10)
+def insert_digits_dataset(
+    db: Session, tenant: str = "acme", name: str = "digits-subjects", subject_size: int = 10
+) -> Dataset:
+    """``tenant``'s digits dataset with subjects of ``subject_size``, as ``POST /datasets``
+    leaves it (flushed)."""
+    data = load_dataset("digits", subject_size=subject_size)
     train = data.train
     dataset = Dataset(
-        name="digits-subjects", source="digits", split_seed=0, test_fraction=0.2, subject_size=10,
+        tenant=tenant,
+        name=name, source="digits", split_seed=0, test_fraction=0.2, subject_size=subject_size,
         num_classes=data.num_classes, num_samples=len(train), info={},
     )
     db.add(dataset)

@@ -38,9 +38,9 @@ from api.erasure.models import RequestJob
 from api.registry.models import Model, ModelVersion, TrainingRun
 from tests.conftest import bearer
 from tests.service_fixtures import RUNS, insert_digits_dataset, insert_trained_model
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import apply_method
-from unlearning_core.artifacts import open_artifact
 from unlearning_core.store import BlobStore, LocalBlobStore, S3BlobStore
 from unlearning_core.weights import state_from_bytes
 
@@ -854,7 +854,7 @@ async def test_sisa_shards_train_in_parallel_on_several_workers(
     db_session.expire_all()
     run = db_session.scalar(select(TrainingRun).join(Model).where(Model.name == "sisa-digits"))
     assert run.status == "completed" and run.ledger["checkpoints"].keys() == {"0", "1", "2", "3"}
-    store = get_store()
+    store = get_store(run.store_url)  # the tenant's prefix
     markers = [shard_marker(store, run.run_id, s) for s in range(4)]
     assert all(m is not None for m in markers)
     hosts = {m["worker"].split("@")[0] for m in markers}

@@ -89,6 +89,7 @@ def models(service_env: str, trained_runs: Path, db_session) -> dict[str, Any]:
         out["runs"][name] = run_id
     db_session.add(
         Model(
+            tenant="acme",
             name="still-training",
             dataset_id=dataset.id,
             architecture="mlp",
@@ -282,16 +283,17 @@ async def test_idempotency_key(client, api_keys, models, db_session) -> None:
     other = await file(client, api_keys["requester"], {"subject_id": "subject-0002"}, **key)
     assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"]
     assert counts(db_session) == before
-    # keys are per tenant: another tenant's identical key is its own request
+    # keys are per tenant: another tenant's identical key is not a replay of acme's request
+    # but a request of its own, judged on globex's data (where acme's model does not exist)
     globex = await file(
         client,
         api_keys["other_tenant"],
         {"subject_id": "subject-0001", "models": ["digits-a"]},
         **key,
     )
-    assert globex.status_code == 202 and globex.json()["id"] != first.json()["id"]
+    assert globex.status_code == 404 and globex.json()["detail"] == "unknown model 'digits-a'"
     # after processing, the replay answers with the same id and its current state
-    assert work() == 2
+    assert work() == 1
     late = await file(
         client, api_keys["requester"], {"subject_id": "subject-0001", "models": ["digits-a"]}, **key
     )
@@ -300,7 +302,7 @@ async def test_idempotency_key(client, api_keys, models, db_session) -> None:
         and late.json()["id"] == first.json()["id"]
         and late.json()["status"] == "completed"
     )
-    assert counts(db_session)["requests"] == 2
+    assert counts(db_session)["requests"] == 1
 
 
 async def test_approval_flow(client, api_keys, models, db_session, monkeypatch) -> None:

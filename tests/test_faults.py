@@ -418,8 +418,8 @@ def blob_needed_by(lane: Lane, subject: int, model: str) -> tuple[str, bytes]:
     """Key and bytes of a recorded update blob that erasing ``subject`` must read (one the
     lineage has not subtracted yet)."""
     from api.blobs import get_store
-    from unlearning_core.forget import ForgetSpec
     from unlearning_core.artifacts import open_artifact
+    from unlearning_core.forget import ForgetSpec
 
     store = get_store()
     run = open_artifact(store, DATA_FAULT_MODELS[model])

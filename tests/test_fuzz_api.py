@@ -58,7 +58,7 @@ from schemathesis.specs.openapi.stateful import transition
 
 from api.main import create_app
 from tests.conftest import bearer
-from tests.reliability_world import DATASET, MODEL, World, build_world, train_world_run
+from tests.reliability_world import DATASET, MODEL, World, build_world, train_world_runs
 from unlearning_core.methods import method_names
 from unlearning_core.models import model_names
 
@@ -184,7 +184,7 @@ schema = load_schema()
 
 @pytest.fixture(scope="session")
 def world_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_world_run(tmp_path_factory.mktemp("fuzz-runs"))
+    return train_world_runs(tmp_path_factory.mktemp("fuzz-runs"))
 
 
 @pytest.fixture(scope="session")

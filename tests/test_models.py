@@ -8,8 +8,7 @@ import torch
 import torch.nn as nn
 
 from unlearning_core.errors import ModelError
-from unlearning_core.models import MODEL_NAMES, create_model, model_names, register_model
-from unlearning_core.models import registry
+from unlearning_core.models import MODEL_NAMES, create_model, model_names, register_model, registry
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 CLASSES = 7

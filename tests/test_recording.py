@@ -10,7 +10,12 @@ from unlearning_core.errors import RunError
 from unlearning_core.recording import PruneSchedule, UpdateFormat, decode_update, encode_update
 from unlearning_core.recording.codec import serialize
 from unlearning_core.recording.masks import layer_order, random_keep, random_scores
-from unlearning_core.training.batching import Concentration, concentration_of, parse_concentrate, plan_batches
+from unlearning_core.training.batching import (
+    Concentration,
+    concentration_of,
+    parse_concentrate,
+    plan_batches,
+)
 
 SHAPES = {
     "conv1.weight": (8, 1, 3, 3),

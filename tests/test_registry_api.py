@@ -232,7 +232,7 @@ async def test_unknown_model_or_version_is_404_with_message(client, api_keys) ->
     ):
         r = await client.get(path, headers=registry)
         assert r.status_code == 404 and r.json()["detail"] == "no model named 'nope'", path
-    flows.train_model_now(
+    flows.train_model_now(tenant="acme",
         session_factory=get_sessionmaker(), store=get_store(), device="cpu", spec=MLP
     )
     r = await client.get("/models/tiny/versions/7", headers=registry)
@@ -246,20 +246,23 @@ async def test_unknown_model_or_version_is_404_with_message(client, api_keys) ->
 
 
 async def test_bad_input_is_4xx_with_message_and_writes_nothing(
-    client, api_keys, db_session
+    client, api_keys, db_session, tmp_path: Path
 ) -> None:
     admin = bearer(api_keys["admin"])
     await register_digits(client, api_keys["admin"])
     before = counts(db_session)
+    (tmp_path / "hostname").write_text("lethe-test\n")  # tmp_path is LETHE_DATASET_ROOTS
 
     cases = [
         (
             "/datasets",
-            {"name": "x", "source": "no-such-dataset"},
+            {"name": "x", "source": str(tmp_path / "no-such-dataset")},
             422,
-            "unknown dataset 'no-such-dataset'",
+            "unknown dataset",
         ),
-        ("/datasets", {"name": "x", "source": "/etc/hostname"}, 422, "not a dataset"),
+        ("/datasets", {"name": "x", "source": str(tmp_path / "hostname")}, 422, "not a dataset"),
+        ("/datasets", {"name": "x", "source": "/etc/hostname"}, 403, "LETHE_DATASET_ROOTS"),
+        ("/datasets", {"name": "x", "source": "no-such-dataset"}, 403, "LETHE_DATASET_ROOTS"),
         ("/datasets", DIGITS, 409, "a dataset named 'digits' already exists"),
         ("/datasets", {"name": "bad name!", "source": "digits"}, 422, "name"),
         (
@@ -305,7 +308,7 @@ async def test_bad_input_is_4xx_with_message_and_writes_nothing(
 async def test_authz_matrix(client, api_keys) -> None:
     admin, registry, requester = (bearer(api_keys[k]) for k in ("admin", "registry", "requester"))
     await register_digits(client, api_keys["admin"])
-    flows.train_model_now(
+    flows.train_model_now(tenant="acme",
         session_factory=get_sessionmaker(), store=get_store(), device="cpu", spec=MLP
     )
     reads = [
@@ -399,7 +402,7 @@ async def test_upload_manifest_and_failed_training_is_recorded(
     )
 
     # The uploaded dataset trains fine.
-    model = flows.train_model_now(
+    model = flows.train_model_now(tenant="acme",
         session_factory=get_sessionmaker(),
         store=get_store(),
         device="cpu",
@@ -427,7 +430,7 @@ async def test_erased_samples_are_left_out_of_new_training(client, api_keys, db_
     assert process() == 1
     model = (await client.get(f"/models/{MLP['name']}", headers=admin)).json()
     assert model["status"] == "ready", model
-    store = get_store()
+    store = get_store(model["training"]["store_url"])  # the tenant's prefix
     spec = store.get_json(f"runs/{model['training']['run_id']}/run.json")
     trained = store.get_json(spec["samples"]["key"])
     assert "subject-0003" not in trained["subject_ids"] and len(spec["dataset"]["exclude_sample_ids"]) == 10
@@ -478,9 +481,9 @@ async def test_interrupted_training_is_requeued_and_adopted(client, api_keys, db
     run_id = r.json()["training"]["run_id"]
     factory = get_sessionmaker()
     assert flows.claim(session_factory=factory) is not None
-    # The worker trained the run into the store, then died before publishing it.
+    # The worker trained the run into the store (the tenant's prefix), then died before publishing it.
     pipeline.train(
-        get_store(),
+        get_store(r.json()["training"]["store_url"]),
         run_id=run_id,
         dataset=DatasetSpec(spec="digits", subject_size=10),
         model="mlp",
@@ -499,14 +502,15 @@ async def test_interrupted_training_is_requeued_and_adopted(client, api_keys, db
     v0 = (await client.get("/models/tiny/versions/0", headers=admin)).json()
     assert v0["metrics"]["test_acc"] > 0.5
     assert (
-        v0["weights_sha256"] == get_store().stat(f"runs/{run_id}/weights/v0000.safetensors").sha256
+        v0["weights_sha256"]
+        == get_store(model["training"]["store_url"]).stat(f"runs/{run_id}/weights/v0000.safetensors").sha256
     )
 
 
 async def test_weights_replaced_behind_the_registry_are_refused(client, api_keys) -> None:
     registry = bearer(api_keys["registry"])
     await register_digits(client, api_keys["admin"])
-    flows.train_model_now(
+    flows.train_model_now(tenant="acme",
         session_factory=get_sessionmaker(), store=get_store(), device="cpu", spec=MLP
     )
     v0 = (await client.get("/models/tiny/versions/0", headers=registry)).json()

@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from tests.conftest import bearer
+from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 from unlearning_core import pipeline
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.cli.main import app
 from unlearning_core.data import load_dataset
 from unlearning_core.errors import RunError
@@ -26,12 +29,9 @@ from unlearning_core.models import create_model
 from unlearning_core.report.build import erasure_report
 from unlearning_core.report.gradcam import GradCamError, find_target_layer, grad_cam
 from unlearning_core.report.records import load_record, load_training_timeline
-from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
 from unlearning_core.store import LocalBlobStore
-from tests.conftest import bearer
-from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 
 CPU = torch.device("cpu")
 SECTIONS = ("requests", "method", "metrics", "layer-distance", "gradcam", "timeline", "blobs", "audit")

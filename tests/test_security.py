@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,15 +27,25 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from api.audit.service import verify
 from api.main import create_app
 from tests.conftest import bearer
-from tests.reliability_world import SUBJECT, World, build_world, train_world_run
+from tests.reliability_world import (
+    ONLY_ACME_SUBJECT,
+    OTHER_DATASET,
+    OTHER_MODEL,
+    SUBJECT,
+    World,
+    build_world,
+    train_world_runs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLERS = ("none", "bad", "requester", "registry", "admin", "other_tenant")
+#: acme's keys and globex's (``other_*``; ``other_tenant`` is globex's requester). acme's
+#: admin comes last, so another tenant's try at a state-changing route comes first.
+CALLERS = ("none", "bad", "requester", "registry", "other_tenant", "other_registry", "other_admin", "admin")
 BAD_KEY = "lethe_this-key-was-never-issued-000000000000"
 
 
@@ -45,7 +56,7 @@ BAD_KEY = "lethe_this-key-was-never-issued-000000000000"
 
 @pytest.fixture(scope="session")
 def world_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_world_run(tmp_path_factory.mktemp("security-runs"))
+    return train_world_runs(tmp_path_factory.mktemp("security-runs"))
 
 
 @pytest.fixture
@@ -105,8 +116,16 @@ PUBLIC = {c: 200 for c in CALLERS}
 LOGIN = {c: 303 for c in CALLERS}  # a redirect to /dashboard/login
 
 
-def scoped(requester: int = 403, registry: int = 403, admin: int = 403, other_tenant: int | None = None) -> dict[str, int]:
-    """Expected status per caller of a route that needs a key (401 without a valid one)."""
+def scoped(
+    requester: int = 403,
+    registry: int = 403,
+    admin: int = 403,
+    other_tenant: int | None = None,
+    other_registry: int | None = None,
+    other_admin: int | None = None,
+) -> dict[str, int]:
+    """Expected status per caller of a route that needs a key (401 without a valid one);
+    globex's keys expect what acme's of the same scope get unless told otherwise."""
     return {
         "none": 401,
         "bad": 401,
@@ -114,7 +133,21 @@ def scoped(requester: int = 403, registry: int = 403, admin: int = 403, other_te
         "registry": registry,
         "admin": admin,
         "other_tenant": requester if other_tenant is None else other_tenant,
+        "other_registry": registry if other_registry is None else other_registry,
+        "other_admin": admin if other_admin is None else other_admin,
     }
+
+
+def acme_only(requester: int = 403, registry: int = 403, admin: int = 403) -> dict[str, int]:
+    """A route naming one of acme's resources: globex's keys that pass the scope check get
+    the 404 of a resource that does not exist (a key lacking the scope still gets 403,
+    which says nothing about the resource)."""
+    return scoped(
+        requester, registry, admin,
+        other_tenant=404 if requester != 403 else 403,
+        other_registry=404 if registry != 403 else 403,
+        other_admin=404,
+    )
 
 
 def upload_body() -> dict[str, Any]:
@@ -148,55 +181,59 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/redoc"): Row(PUBLIC),
     ("GET", "/healthz"): Row(PUBLIC),
     ("GET", "/readyz"): Row(PUBLIC),
+    # globex has a model on digits of its own: its keys file against it
     ("POST", "/erasure-requests"): Row(
         scoped(requester=202, admin=202), lambda c, w: {"json": {"subject_id": SUBJECT}}
     ),
-    ("GET", "/requests/{request_id}/status"): Row(scoped(requester=200, admin=200, other_tenant=404)),
-    ("GET", "/requests/{request_id}/receipt"): Row(scoped(requester=200, admin=200, other_tenant=404)),
+    ("GET", "/requests/{request_id}/status"): Row(acme_only(requester=200, admin=200)),
+    ("GET", "/requests/{request_id}/receipt"): Row(acme_only(requester=200, admin=200)),
     ("GET", "/receipt-key"): Row(PUBLIC),
     ("GET", "/admin/requests"): Row(scoped(admin=200)),
     ("GET", "/admin/requests/stats"): Row(scoped(admin=200)),
-    ("GET", "/admin/requests/{request_id}"): Row(scoped(admin=200)),
-    ("GET", "/admin/requests/{request_id}/audit"): Row(scoped(admin=200)),
+    ("GET", "/admin/requests/{request_id}"): Row(acme_only(admin=200)),
+    ("GET", "/admin/requests/{request_id}/audit"): Row(acme_only(admin=200)),
     # a queued request can be neither approved, denied nor retried: 409 once authorized
-    ("POST", "/admin/requests/{request_id}/approve"): Row(scoped(admin=409)),
-    ("POST", "/admin/requests/{request_id}/deny"): Row(scoped(admin=409)),
-    ("POST", "/admin/requests/{request_id}/retry"): Row(scoped(admin=409)),
-    ("POST", "/admin/requests/{request_id}/cancel"): Row(scoped(admin=200)),
+    ("POST", "/admin/requests/{request_id}/approve"): Row(acme_only(admin=409)),
+    ("POST", "/admin/requests/{request_id}/deny"): Row(acme_only(admin=409)),
+    ("POST", "/admin/requests/{request_id}/retry"): Row(acme_only(admin=409)),
+    ("POST", "/admin/requests/{request_id}/cancel"): Row(acme_only(admin=200)),
     ("GET", "/admin/audit/verify"): Row(scoped(admin=200)),
     ("GET", "/admin/residuals"): Row(scoped(admin=200)),
     ("GET", "/models"): Row(scoped(registry=200, admin=200)),
-    ("POST", "/models"): Row(scoped(admin=202), lambda c, w: {"json": {**MODEL_BODY, "name": f"m-{c}"}}),
-    ("GET", "/models/{name}"): Row(scoped(registry=200, admin=200)),
-    ("GET", "/models/{name}/versions"): Row(scoped(registry=200, admin=200)),
-    ("GET", "/models/{name}/versions/{version}"): Row(scoped(registry=200, admin=200)),
-    ("GET", "/models/{name}/versions/{version}/weights"): Row(scoped(registry=200, admin=200)),
-    ("HEAD", "/models/{name}/versions/{version}/weights"): Row(scoped(registry=200, admin=200)),
-    ("GET", "/models/{name}/health"): Row(scoped(registry=200, admin=200)),
-    ("PATCH", "/models/{name}/policy"): Row(
-        scoped(admin=200), lambda c, w: {"json": {"compact_after_requests": 50}}
+    # acme's dataset does not exist for globex: its admin's POST names an unknown dataset
+    ("POST", "/models"): Row(
+        scoped(admin=202, other_admin=422), lambda c, w: {"json": {**MODEL_BODY, "name": f"m-{c}"}}
     ),
-    ("POST", "/models/{name}/compact"): Row(scoped(admin=202)),
+    ("GET", "/models/{name}"): Row(acme_only(registry=200, admin=200)),
+    ("GET", "/models/{name}/versions"): Row(acme_only(registry=200, admin=200)),
+    ("GET", "/models/{name}/versions/{version}"): Row(acme_only(registry=200, admin=200)),
+    ("GET", "/models/{name}/versions/{version}/weights"): Row(acme_only(registry=200, admin=200)),
+    ("HEAD", "/models/{name}/versions/{version}/weights"): Row(acme_only(registry=200, admin=200)),
+    ("GET", "/models/{name}/health"): Row(acme_only(registry=200, admin=200)),
+    ("PATCH", "/models/{name}/policy"): Row(
+        acme_only(admin=200), lambda c, w: {"json": {"compact_after_requests": 50}}
+    ),
+    ("POST", "/models/{name}/compact"): Row(acme_only(admin=202)),
     ("GET", "/datasets"): Row(scoped(admin=200)),
     ("POST", "/datasets"): Row(
         scoped(admin=201), lambda c, w: {"json": {"name": f"d-{c}", "source": "digits", "subject_size": 10}}
     ),
     ("POST", "/datasets/upload"): Row(scoped(admin=201), lambda c, w: {**upload_body(), "data": {"name": f"u-{c}"}}),
-    ("GET", "/datasets/{name}"): Row(scoped(admin=200)),
+    ("GET", "/datasets/{name}"): Row(acme_only(admin=200)),
     ("GET", "/metrics"): Row(scoped(admin=200)),
-    # webhooks: the admin's POST makes webhook 1 (ids restart per test), used by the rows below
+    # webhooks: {webhook_id} is acme's (the world's webhook 1)
     ("POST", "/webhooks"): Row(scoped(admin=201), lambda c, w: {"json": {"url": f"http://127.0.0.1:9/{c}"}}),
     ("GET", "/webhooks"): Row(scoped(admin=200)),
-    ("GET", "/webhooks/{webhook_id}/deliveries"): Row(scoped(admin=200)),
-    ("DELETE", "/webhooks/{webhook_id}"): Row(scoped(admin=204)),
+    ("GET", "/webhooks/{webhook_id}/deliveries"): Row(acme_only(admin=200)),
+    ("DELETE", "/webhooks/{webhook_id}"): Row(acme_only(admin=204)),
     # version 0 has no erasure report: past the scope check, the 404 says so
-    ("GET", "/models/{name}/versions/{version}/report"): Row(scoped(registry=404, admin=404)),
+    ("GET", "/models/{name}/versions/{version}/report"): Row(acme_only(registry=404, admin=404)),
     # The dashboard authenticates by a session cookie that only an admin key's login opens;
     # a bearer header opens nothing there: every page sends the caller to the login form.
     ("GET", "/dashboard"): Row({c: 303 for c in CALLERS}),
     ("GET", "/dashboard/login"): Row(PUBLIC),
     ("POST", "/dashboard/login"): Row(
-        {**{c: 401 for c in CALLERS}, "admin": 303},
+        {**{c: 401 for c in CALLERS}, "admin": 303, "other_admin": 303},
         lambda c, w: {"data": {"api_key": w.keys.get(c, BAD_KEY if c == "bad" else "")}},
     ),
     ("POST", "/dashboard/logout"): Row({c: 303 for c in CALLERS}),
@@ -216,7 +253,7 @@ def fill(template: str, world: World) -> str:
     name = world.dataset if template.startswith("/datasets") else world.model
     return template.format(
         request_id=world.request_id, name=name, version=world.version, number=world.version, path="dashboard.css",
-        webhook_id=1,
+        webhook_id=world.webhook_id,
     )
 
 
@@ -276,6 +313,158 @@ async def test_tenant_isolation_of_every_request_route(client, world: World) -> 
             assert resp.status_code == 404 and rid in resp.json()["detail"], (method, template, resp.text)
         listing = (await client.get("/admin/requests", headers=bearer(key))).json()
         assert rid not in {item["id"] for item in listing["items"]}
+
+
+@pytest.mark.anyio
+async def test_listings_show_only_the_tenants_own(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    """Every listing of globex's admin holds globex's resources and none of acme's, and the reverse."""
+    for caller, mine, theirs in (
+        ("other_admin", (OTHER_MODEL, OTHER_DATASET), (world.model, world.dataset)),
+        ("admin", (world.model, world.dataset), (OTHER_MODEL, OTHER_DATASET)),
+    ):
+        h = headers_of(world, caller)
+        models = {m["name"] for m in (await client.get("/models", headers=h)).json()}
+        datasets = {d["name"] for d in (await client.get("/datasets", headers=h)).json()}
+        assert mine[0] in models and theirs[0] not in models, (caller, models)
+        assert mine[1] in datasets and theirs[1] not in datasets, (caller, datasets)
+        residuals = (await client.get("/admin/residuals", headers=h)).json()["residuals"]
+        assert all(r["model"] != theirs[0] for r in residuals)
+    globex_hooks = (await client.get("/webhooks", headers=headers_of(world, "other_admin"))).json()
+    assert world.webhook_id not in {hook["id"] for hook in globex_hooks}
+
+
+@pytest.mark.anyio
+async def test_an_unknown_subject_reveals_nothing_about_other_tenants(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    """globex files a subject only acme's data holds and one nobody's does: the same 422."""
+    answers = []
+    for subject in (ONLY_ACME_SUBJECT, "subject-9999"):
+        resp = await client.post(
+            "/erasure-requests", json={"subject_id": subject}, headers=headers_of(world, "other_tenant")
+        )
+        assert resp.status_code == 422, resp.text
+        answers.append(resp.json()["detail"].replace(subject, "<subject>"))
+    assert answers[0] == answers[1] and world.model not in answers[0], answers
+    # acme's own request for it is accepted: the subject does exist, in acme's data only
+    resp = await client.post("/erasure-requests", json={"subject_id": ONLY_ACME_SUBJECT}, headers=headers_of(world, "requester"))
+    assert resp.status_code == 202, resp.text
+    # naming acme's model is the 404 of a model that does not exist
+    resp = await client.post(
+        "/erasure-requests", json={"subject_id": "subject-0001", "models": [world.model]},
+        headers=headers_of(world, "other_tenant"),
+    )
+    assert resp.status_code == 404 and resp.json()["detail"] == f"unknown models {world.model!r}".replace("models", "model")
+
+
+@pytest.mark.anyio
+async def test_names_are_per_tenant(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    """globex may name a dataset and a model as acme did; each tenant reads its own."""
+    globex = headers_of(world, "other_admin")
+    resp = await client.post("/datasets", json={"name": world.dataset, "source": "digits", "subject_size": 30}, headers=globex)
+    assert resp.status_code == 201, resp.text
+    mine = (await client.get(f"/datasets/{world.dataset}", headers=globex)).json()
+    acme = (await client.get(f"/datasets/{world.dataset}", headers=headers_of(world, "admin"))).json()
+    assert (mine["subject_size"], acme["subject_size"]) == (30, 10)
+    resp = await client.post("/models", json={**MODEL_BODY, "name": world.model}, headers=globex)
+    assert resp.status_code == 202, resp.text
+    assert (await client.get(f"/models/{world.model}", headers=globex)).json()["status"] == "training"
+    assert (await client.get(f"/models/{world.model}", headers=headers_of(world, "admin"))).json()["status"] == "ready"
+
+
+@pytest.mark.anyio
+async def test_dashboard_pages_of_another_tenant_are_404(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    """globex's admin, logged in to the dashboard, finds none of acme's model, request or report."""
+    login = await client.post("/dashboard/login", data={"api_key": world.keys["other_admin"]})
+    assert login.status_code == 303, login.text
+    for path in (
+        f"/dashboard/models/{world.model}",
+        f"/dashboard/models/{world.model}/versions/0/report",
+        f"/dashboard/requests/{world.request_id}",
+        f"/dashboard/requests/{world.request_id}/live",
+    ):
+        resp = await client.get(path)
+        assert resp.status_code == 404, (path, resp.status_code)
+    models = (await client.get("/dashboard/models")).text
+    assert OTHER_MODEL in models and world.model not in models
+    audit = (await client.get("/dashboard/audit")).text
+    assert world.request_id not in audit and world.other_request_id in audit
+
+
+def test_audit_events_name_their_tenant(world: World, db_session) -> None:  # type: ignore[no-untyped-def]
+    """Each request's events carry its tenant; the chain still verifies with the new field."""
+    from api.audit.models import AuditEvent
+
+    rows = db_session.execute(
+        select(AuditEvent.request_id, AuditEvent.tenant).where(AuditEvent.request_id.is_not(None))
+    ).all()
+    tenants = {rid: tenant for rid, tenant in rows}
+    assert tenants[world.request_id] == "acme" and tenants[world.other_request_id] == "globex"
+    assert verify(db_session)["ok"]
+    hooks = db_session.scalars(select(AuditEvent.tenant).where(AuditEvent.kind == "webhook.registered")).all()
+    assert hooks == ["acme"]
+
+
+@pytest.mark.anyio
+async def test_a_tenants_runs_are_written_under_its_own_prefix(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    """A model acme trains through the API lives under ``tenants/acme/`` of the store, and
+    the workers read it back from there (weights served)."""
+    import torch
+
+    from api.blobs import get_store
+    from api.database.core import get_sessionmaker
+    from api.registry.flows import process_pending_training
+
+    admin = headers_of(world, "admin")
+    resp = await client.post("/models", json={**MODEL_BODY, "name": "prefixed"}, headers=admin)
+    assert resp.status_code == 202, resp.text
+    process_pending_training(session_factory=get_sessionmaker(), store=get_store(), device=torch.device("cpu"))
+    model = (await client.get("/models/prefixed", headers=admin)).json()
+    assert model["status"] == "ready", model["training"]
+    assert model["training"]["store_url"].endswith("/tenants/acme"), model["training"]
+    root = Path(os.environ["LETHE_BLOB_STORE"])
+    run_id = model["training"]["run_id"]
+    assert (root / "tenants" / "acme" / "runs" / run_id / "run.json").is_file()
+    assert not (root / "runs" / run_id).exists()
+    weights = await client.get("/models/prefixed/versions/0/weights", headers=admin)
+    assert weights.status_code == 200 and len(weights.content) > 1000
+
+
+@pytest.mark.anyio
+async def test_server_paths_only_under_the_allowed_roots(  # type: ignore[no-untyped-def]
+    client, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server path registers only under LETHE_DATASET_ROOTS (symlinks resolved), never
+    from the upload folder (another tenant's upload included), and a refusal reads the same
+    whether the path exists or not."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    manifest = upload_body()["files"]["file"][1]
+    (allowed / "m.npz").write_bytes(manifest)
+    (outside / "m.npz").write_bytes(manifest)
+    (allowed / "escape.npz").symlink_to(outside / "m.npz")
+    monkeypatch.setenv("LETHE_DATASET_ROOTS", f"{allowed}:{tmp_path / 'also-allowed'}")
+    admin, globex = headers_of(world, "admin"), headers_of(world, "other_admin")
+
+    ok = await client.post("/datasets", json={"name": "inside", "source": str(allowed / "m.npz")}, headers=admin)
+    assert ok.status_code == 201, ok.text
+    refusals = []
+    for name, source in (
+        ("outside", outside / "m.npz"), ("escape", allowed / "escape.npz"), ("dotdot", allowed / ".." / "outside" / "m.npz"),
+        ("missing", outside / "nothing-here.npz"), ("etc", Path("/etc/hostname")),
+    ):
+        resp = await client.post("/datasets", json={"name": name, "source": str(source)}, headers=admin)
+        assert resp.status_code == 403, (name, resp.text)
+        refusals.append(resp.json()["detail"].replace(str(source), "<path>"))
+    assert len(set(refusals)) == 1 and "LETHE_DATASET_ROOTS" in refusals[0]
+
+    uploaded = await client.post("/datasets/upload", headers=admin, **{**upload_body(), "data": {"name": "acme-upload"}})
+    assert uploaded.status_code == 201, uploaded.text
+    path = uploaded.json()["source"]
+    assert "/acme/" in path
+    monkeypatch.setenv("LETHE_DATASET_ROOTS", str(Path(path).parents[2]))  # the uploads' parent allowed
+    stolen = await client.post("/datasets", json={"name": "stolen", "source": path}, headers=globex)
+    assert stolen.status_code == 403, stolen.text
+    assert (await client.get("/datasets/stolen", headers=globex)).status_code == 404
 
 
 @pytest.mark.anyio

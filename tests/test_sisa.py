@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.data import Dataset, load_dataset
 from unlearning_core.errors import MethodError
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.metrics import accuracy, collect_outputs
 from unlearning_core.pipeline import apply_method, unlearn
-from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.spec import DatasetSpec, SisaSpec, TrainingSpec
 from unlearning_core.sisa.artifact import SisaRun
 from unlearning_core.sisa.assignment import assign

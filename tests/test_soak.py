@@ -30,7 +30,7 @@ import pytest
 
 from tests.conftest import bearer
 from tests.private_stack import free_port, wait_until
-from tests.reliability_world import MODEL, World, build_world, train_world_run
+from tests.reliability_world import MODEL, World, build_world, train_world_runs
 
 SECONDS = float(os.environ.get("LETHE_SOAK_SECONDS", "60"))
 REPORT = os.environ.get("LETHE_SOAK_REPORT")
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.timeout(int(SECONDS) + 240)
 
 @pytest.fixture(scope="session")
 def world_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_world_run(tmp_path_factory.mktemp("soak-runs"))
+    return train_world_runs(tmp_path_factory.mktemp("soak-runs"))
 
 
 @pytest.fixture

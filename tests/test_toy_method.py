@@ -27,10 +27,10 @@ from tests import toy_method
 from tests.conftest import bearer, lethe_with_plugin
 from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 from tests.toy_method import NAME, shrunk
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.data import load_dataset
 from unlearning_core.errors import MethodError
 from unlearning_core.methods import OptionError, method_names, validate_options
-from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
 from unlearning_core.store import BlobStore, LocalBlobStore

@@ -29,6 +29,7 @@ from tests import toy_metric
 from tests.conftest import bearer, lethe_with_plugin
 from tests.service_fixtures import insert_digits_dataset, insert_trained_model
 from unlearning_core import pipeline
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.data import Dataset, load_dataset
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.metrics import (
@@ -39,7 +40,6 @@ from unlearning_core.metrics import (
     register_metric,
     unregister_metric,
 )
-from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
 from unlearning_core.store import LocalBlobStore

@@ -19,6 +19,8 @@ class AuditEvent(Base):
     kind: Mapped[str] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: The tenant whose resource the event is about; NULL for the service's own events.
+    tenant: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     actor: Mapped[str | None] = mapped_column(String(128), nullable=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

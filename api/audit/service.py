@@ -34,6 +34,8 @@ def _digest(event: AuditEvent) -> str:
         "created_at": event.created_at.isoformat(),
         "prev_hash": event.prev_hash,
     }
+    if event.tenant is not None:  # events from before tenants were recorded hash as they did
+        body["tenant"] = event.tenant
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -46,8 +48,12 @@ def append(
     model_name: str | None = None,
     actor: str | None = None,
     payload: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> AuditEvent:
-    """Add an event to the chain in the caller's transaction (committed with its change)."""
+    """Add an event to the chain in the caller's transaction (committed with its change).
+
+    ``tenant``: whose resource the event is about (a request's, a model's, a dataset's,
+    a webhook's); None for the service's own events."""
     if db.get_bind().dialect.name == "postgresql":
         db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
     last = db.scalar(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1))
@@ -58,6 +64,7 @@ def append(
         kind=kind,
         request_id=request_id,
         model_name=model_name,
+        tenant=tenant,
         actor=actor,
         payload=stored,
         created_at=utcnow(),

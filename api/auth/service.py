@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth.models import ApiKey
+from api.auth.tenants import DEFAULT_TENANT, check_tenant
 from api.database.core import utcnow
 
 SCOPES = ("requester", "registry", "admin")
@@ -25,9 +26,12 @@ def hash_key(key: str) -> str:
 
 
 def create_key(
-    db: Session, *, name: str, scopes: list[str], tenant: str = "default", key: str | None = None
+    db: Session, *, name: str, scopes: list[str], tenant: str = DEFAULT_TENANT, key: str | None = None
 ) -> tuple[ApiKey, str]:
-    """A new key (``key`` lets a deployment bootstrap a known admin key); returns (row, key)."""
+    """A new key (``key`` lets a deployment bootstrap a known admin key); returns (row, key).
+
+    A :class:`ValueError` names the problem with ``scopes``, ``tenant`` or ``key``."""
+    check_tenant(tenant)
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise ValueError(f"scopes must be a non-empty subset of {', '.join(SCOPES)}; got {scopes}")
@@ -40,7 +44,7 @@ def create_key(
     return row, plaintext
 
 
-def ensure_key(db: Session, *, name: str, scopes: list[str], key: str, tenant: str = "default") -> ApiKey:
+def ensure_key(db: Session, *, name: str, scopes: list[str], key: str, tenant: str = DEFAULT_TENANT) -> ApiKey:
     """Create ``key`` unless it exists (idempotent bootstrap on every start)."""
     existing = db.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
     return existing or create_key(db, name=name, scopes=scopes, tenant=tenant, key=key)[0]

@@ -151,6 +151,7 @@ def _on_fail(db: Session, _parent: None, run: TrainingRun) -> None:
         db,
         "model.compaction_failed",
         model_name=model.name if model else None,
+        tenant=model.tenant if model else None,
         actor=WORKER,
         payload={"run_id": run.run_id, "trigger": run.trigger, "error": run.error},
     )

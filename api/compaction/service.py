@@ -198,6 +198,7 @@ def request_compaction(
         db,
         "model.compaction_queued",
         model_name=model.name,
+        tenant=model.tenant,
         actor=actor,
         payload={
             "run_id": run.run_id,
@@ -330,7 +331,7 @@ def settle_compaction(
         )
         for job in again
     ]
-    webhooks.emit_to_requests(db, request_ids=exact, kind="version.published", payload={
+    webhooks.emit(db, tenant=model.tenant, kind="version.published", payload={
         "model": model.name, "version": version.number, "method": version.method, "guarantee": "exact"})
     webhooks.emit_exact(db, request_ids=exact)
     return exact, new_ids
@@ -433,6 +434,7 @@ def set_policy(*, db: Session, model: Model, changes: dict[str, Any], actor: str
         db,
         "model.policy_changed",
         model_name=model.name,
+        tenant=model.tenant,
         actor=actor,
         payload={
             "before": before.model_dump(mode="json"),

@@ -29,7 +29,8 @@ ERRORS = {
     summary="Queue a compaction now (admin): retrain without every erased sample, publish an exact version",
     responses={**ERRORS, 409: {"description": "SISA model (exact already), not ready, or a compaction is under way"}},
 )
-def compact_model(model: ModelDep, principal: AdminDep, db: DbDep, response: Response) -> CompactionOut:
+def compact_model(principal: AdminDep, model: ModelDep, db: DbDep, response: Response) -> CompactionOut:
+    # the scope is checked before the model is looked up: a 403 says nothing about the model
     run = service.request_compaction(db=db, model=model, trigger=Trigger.MANUAL, actor=principal.name)
     db.commit()
     response.headers["Location"] = f"/models/{model.name}/health"
@@ -53,6 +54,6 @@ def model_health(model: ModelDep, db: DbDep) -> ModelHealth:
     summary="Change the model's erasure policy (admin; audited model.policy_changed)",
     responses={**ERRORS, 422: {"description": "A field out of bounds or unknown (named)"}},
 )
-def change_policy(body: PolicyPatch, model: ModelDep, principal: AdminDep, db: DbDep) -> CompactionPolicy:
+def change_policy(body: PolicyPatch, principal: AdminDep, model: ModelDep, db: DbDep) -> CompactionPolicy:
     after = service.set_policy(db=db, model=model, changes=body.changes(), actor=principal.name)
     return CompactionPolicy.model_validate(after)

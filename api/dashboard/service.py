@@ -9,19 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from api.audit.models import AuditEvent
 from api.audit.service import verify
 from api.auth.dependencies import Principal
 from api.compaction import service as compaction
+from api.database.core import utcnow
 from api.erasure import service as erasure
 from api.erasure.models import ErasureRequest
 from api.erasure.schemas import RequestStats, RequestStatusOut, RequestSummary
 from api.erasure.states import FINAL
 from api.errors import NotFoundError
-from api.database.core import utcnow
 from api.registry import service as registry
 from api.registry import withdrawal
 from api.registry.models import Model, ModelVersion
@@ -99,9 +99,10 @@ class ModelRow:
     alerts: list[str] = field(default_factory=list)
 
 
-def models(*, db: Session) -> list[ModelRow]:
+def models(*, db: Session, principal: Principal) -> list[ModelRow]:
+    """The admin's tenant's models with their erasure health."""
     rows = []
-    for m, dataset, latest in registry.get_all(db=db):
+    for m, dataset, latest in registry.get_all(db=db, tenant=principal.tenant):
         health = compaction.health(db=db, model=m)
         rows.append(
             ModelRow(
@@ -155,7 +156,7 @@ def _number(value: Any) -> float | None:
 
 def model_history(*, db: Session, principal: Principal, name: str) -> ModelHistory:
     """The model's versions, oldest first, with metrics and the tenant's requests each answers."""
-    model = registry.get_or_raise(db=db, name=name)
+    model = registry.get_or_raise(db=db, name=name, tenant=principal.tenant)
     versions: list[ModelVersion] = registry.get_versions(db=db, model_id=model.id)
     answered = registry.answers(db=db, version_ids=[v.id for v in versions], tenant=principal.tenant)
     gone = withdrawal.of_versions(db=db, version_ids=[v.id for v in versions])
@@ -185,13 +186,19 @@ class AuditPage:
 
 
 def audit_page(*, db: Session, principal: Principal, limit: int = 50) -> AuditPage:
-    """The whole chain's verification (hashes only) and the tenant's latest request events:
-    another tenant's events name its data subjects and are not shown."""
+    """The whole chain's verification (hashes only) and the tenant's latest events (its
+    requests', models', datasets' and webhooks'): another tenant's events name its data
+    subjects and resources and are not shown."""
     events = list(
         db.scalars(
             select(AuditEvent)
-            .join(ErasureRequest, ErasureRequest.id == AuditEvent.request_id)
-            .where(ErasureRequest.tenant == principal.tenant)
+            .outerjoin(ErasureRequest, ErasureRequest.id == AuditEvent.request_id)
+            .where(
+                or_(
+                    AuditEvent.tenant == principal.tenant,
+                    and_(AuditEvent.tenant.is_(None), ErasureRequest.tenant == principal.tenant),
+                )
+            )
             .order_by(AuditEvent.seq.desc())
             .limit(limit)
         )
@@ -201,7 +208,7 @@ def audit_page(*, db: Session, principal: Principal, limit: int = 50) -> AuditPa
 
 def report_html(*, db: Session, principal: Principal, name: str, number: int) -> bytes:
     """A version's stored erasure report, read as the registry route reads it."""
-    model = registry.get_or_raise(db=db, name=name)
+    model = registry.get_or_raise(db=db, name=name, tenant=principal.tenant)
     row = registry.get_version(db=db, model_id=model.id, number=number)
     if row is None:
         raise NotFoundError(f"model {name!r} has no version {number}")

@@ -159,7 +159,7 @@ def _requests_context(
     query = urlencode({k: v for k, v in form.items() if v})
     return {
         "principal": principal, "page": page, "form": form, "query": query,
-        "statuses": REQUEST_STATUSES, "models": [m.name for m in service.models(db=db)], "nav": "requests",
+        "statuses": REQUEST_STATUSES, "models": [m.name for m in service.models(db=db, principal=principal)], "nav": "requests",
     }
 
 
@@ -201,7 +201,7 @@ def request_live(request: Request, request_id: str, principal: AdminSession, db:
 
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, principal: AdminSession, db: DbDep) -> HTMLResponse:
-    return render(request, "models.html", {"principal": principal, "models": service.models(db=db), "nav": "models"})
+    return render(request, "models.html", {"principal": principal, "models": service.models(db=db, principal=principal), "nav": "models"})
 
 
 @router.get("/models/{name}", response_class=HTMLResponse)

@@ -12,10 +12,14 @@ from api.database.core import Base, UTCDateTime, utcnow
 
 
 class Dataset(Base):
+    """A dataset of one tenant (name unique within it; another tenant gets a 404)."""
+
     __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_datasets_tenant_name"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
+    name: Mapped[str] = mapped_column(String(128))
     source: Mapped[str] = mapped_column(String(1024))  # digits | fashion-mnist | a server path
     split_seed: Mapped[int] = mapped_column(Integer, default=0)
     test_fraction: Mapped[float] = mapped_column(default=0.2)

@@ -21,17 +21,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit
-from api.datasets.config import upload_dir
+from api.auth.tenants import DEFAULT_TENANT
 from api.database.core import utcnow
+from api.datasets.config import tenant_upload_dir, upload_dir
 from api.datasets.models import Dataset, Sample
 from api.datasets.schemas import MAX_SEED, MAX_SUBJECT_SIZE
-from api.errors import ConflictError, NotFoundError
+from api.errors import ConflictError, ForbiddenError, NotFoundError
 from unlearning_core.data import DATASET_NAMES, load_dataset
 from unlearning_core.data.sampleset import Dataset as LoadedDataset
 from unlearning_core.errors import DatasetError
 from unlearning_core.runs.spec import DatasetSpec
 from unlearning_core.store import BlobStore
-
 
 #: How long a normalised source may be (the ``datasets.source`` column).
 SOURCE_COLUMN_LENGTH: int = Dataset.__table__.c.source.type.length  # type: ignore[attr-defined]
@@ -80,19 +80,45 @@ def sample_ids_digest(sample_ids: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def get(*, db: Session, name: str) -> Dataset | None:
-    return db.scalar(select(Dataset).where(Dataset.name == name))
+def get(*, db: Session, name: str, tenant: str) -> Dataset | None:
+    """``tenant``'s dataset ``name`` (another tenant's is None, as if it did not exist)."""
+    return db.scalar(select(Dataset).where(Dataset.tenant == tenant, Dataset.name == name))
 
 
-def get_or_raise(*, db: Session, name: str) -> Dataset:
-    dataset = get(db=db, name=name)
+def get_or_raise(*, db: Session, name: str, tenant: str) -> Dataset:
+    dataset = get(db=db, name=name, tenant=tenant)
     if dataset is None:
         raise NotFoundError(f"no dataset named {name!r}")
     return dataset
 
 
-def get_all(*, db: Session) -> list[Dataset]:
-    return list(db.scalars(select(Dataset).order_by(Dataset.name)))
+def get_all(*, db: Session, tenant: str) -> list[Dataset]:
+    return list(db.scalars(select(Dataset).where(Dataset.tenant == tenant).order_by(Dataset.name)))
+
+
+def check_source_allowed(source: str, roots: list[Path]) -> None:
+    """A :class:`ForbiddenError` unless ``source`` is a built-in dataset or a path under one
+    of ``roots`` (the operator's ``LETHE_DATASET_ROOTS``), and never inside the upload folder.
+
+    Checked on the resolved path (symlinks followed, ``..`` gone) before anything is read,
+    so the answer says nothing about what exists outside the roots: a caller cannot probe
+    the server's files, nor register another tenant's uploaded manifest as its own.
+    """
+    key = source.strip()
+    if key.lower() in DATASET_NAMES:
+        return
+    refused = ForbiddenError(
+        f"source {source[:200]!r} is not a built-in dataset nor under a directory this service "
+        "allows server paths from (LETHE_DATASET_ROOTS); upload the data with POST /datasets/upload"
+    )
+    try:
+        path = Path(normalise_source(key))
+    except DatasetError:
+        raise refused from None
+    if path.is_relative_to(upload_dir()):
+        raise refused
+    if not any(path.is_relative_to(root) for root in roots):
+        raise refused
 
 
 def counts(*, db: Session, dataset_ids: list[int]) -> dict[int, DatasetCounts]:
@@ -145,13 +171,20 @@ def register(
     test_fraction: float = 0.2,
     actor: str | None = None,
     info: dict | None = None,
+    tenant: str = DEFAULT_TENANT,
+    roots: list[Path] | None = None,
 ) -> Dataset:
-    """Load ``source`` (a :class:`DatasetError` if unreadable), then store the dataset row,
-    one :class:`Sample` per training sample and a ``dataset.registered`` audit event.
+    """Load ``source`` (a :class:`DatasetError` if unreadable), then store ``tenant``'s
+    dataset row, one :class:`Sample` per training sample and a ``dataset.registered``
+    audit event.
 
-    Raises :class:`ConflictError` if ``name`` is taken. Commits.
+    ``roots``: where a server path may be (:func:`check_source_allowed`; the API passes
+    ``LETHE_DATASET_ROOTS``); None for the operator's own code (seeding, uploads). Raises
+    :class:`ConflictError` if ``tenant`` has a dataset ``name`` already. Commits.
     """
-    if get(db=db, name=name) is not None:
+    if roots is not None:
+        check_source_allowed(source, roots)
+    if get(db=db, name=name, tenant=tenant) is not None:
         raise ConflictError(f"a dataset named {name!r} already exists")
     if not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"test_fraction must be between 0 and 1, got {test_fraction}")
@@ -171,6 +204,7 @@ def register(
         )
     train = loaded.train
     dataset = Dataset(
+        tenant=tenant,
         name=name,
         source=normalised,
         split_seed=split_seed,
@@ -209,6 +243,7 @@ def register(
             db,
             "dataset.registered",
             actor=actor,
+            tenant=tenant,
             payload={
                 "dataset": name,
                 "source": normalised,
@@ -240,15 +275,16 @@ def register_upload(
     test_fraction: float = 0.2,
     actor: str | None = None,
     filename: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> Dataset:
-    """Keep an uploaded ``.npz`` manifest under :func:`upload_dir` and register it.
+    """Keep an uploaded ``.npz`` manifest in ``tenant``'s upload folder and register it.
 
     The file is written to a temporary name, validated by registering it, and only then
     kept under ``<name>-<sha256[:16]>.npz``; a manifest that fails leaves no file behind.
     """
-    if get(db=db, name=name) is not None:
+    if get(db=db, name=name, tenant=tenant) is not None:
         raise ConflictError(f"a dataset named {name!r} already exists")
-    folder = upload_dir()
+    folder = tenant_upload_dir(tenant)
     folder.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     size = 0
@@ -275,6 +311,7 @@ def register_upload(
                 test_fraction=test_fraction,
                 actor=actor,
                 info={"upload": {"filename": filename, "sha256": digest, "size": size}},
+                tenant=tenant,
             )
         except BaseException:
             final.unlink(missing_ok=True)

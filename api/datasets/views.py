@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 
 from api.auth.dependencies import AdminDep, DbDep
 from api.datasets import service
+from api.datasets.config import dataset_roots
 from api.datasets.models import Dataset
 from api.datasets.schemas import (
     MAX_SEED,
@@ -54,12 +55,18 @@ def _out(db, dataset: Dataset) -> DatasetOut:  # type: ignore[no-untyped-def]
     summary="Register a dataset (built-in name or server-side path); one sample row per training sample",
     responses={
         **ERRORS,
-        409: {"description": "Name taken"},
+        403: {
+            "description": "The key lacks the admin scope, or the source is a server path outside "
+            "the directories the operator allows (LETHE_DATASET_ROOTS)"
+        },
+        409: {"description": "Your tenant has a dataset of that name"},
         422: {"description": "Unreadable or invalid dataset"},
     },
 )
 def create_dataset(body: DatasetCreate, principal: AdminDep, db: DbDep) -> DatasetOut:
     dataset = service.register(
+        tenant=principal.tenant,
+        roots=dataset_roots(),
         db=db,
         name=body.name,
         source=body.source,
@@ -78,7 +85,7 @@ def create_dataset(body: DatasetCreate, principal: AdminDep, db: DbDep) -> Datas
     summary="Upload an .npz manifest (images, labels, sample_ids, optional subject_ids / test_*) and register it",
     responses={
         **ERRORS,
-        409: {"description": "Name taken"},
+        409: {"description": "Your tenant has a dataset of that name"},
         413: {"description": "Body too large"},
         422: {"description": "Invalid manifest"},
     },
@@ -93,6 +100,7 @@ def upload_dataset(
     test_fraction: Annotated[float, Form(gt=0.0, lt=1.0, allow_inf_nan=False)] = 0.2,
 ) -> DatasetOut:
     dataset = service.register_upload(
+        tenant=principal.tenant,
         db=db,
         name=name,
         fileobj=file.file,
@@ -108,11 +116,11 @@ def upload_dataset(
 @router.get(
     "",
     response_model=list[DatasetOut],
-    summary="List datasets with sample, subject and erased counts",
+    summary="List your tenant's datasets with sample, subject and erased counts",
     responses=ERRORS,
 )
-def list_datasets(_: AdminDep, db: DbDep) -> list[DatasetOut]:
-    datasets = service.get_all(db=db)
+def list_datasets(principal: AdminDep, db: DbDep) -> list[DatasetOut]:
+    datasets = service.get_all(db=db, tenant=principal.tenant)
     counts = service.counts(db=db, dataset_ids=[d.id for d in datasets])
     return [to_out(d, counts[d.id]) for d in datasets]
 
@@ -121,7 +129,7 @@ def list_datasets(_: AdminDep, db: DbDep) -> list[DatasetOut]:
     "/{name}",
     response_model=DatasetOut,
     summary="One dataset with sample, subject and erased counts",
-    responses={**ERRORS, 404: {"description": "Unknown dataset"}},
+    responses={**ERRORS, 404: {"description": "Unknown dataset (or another tenant's)"}},
 )
-def get_dataset(name: str, _: AdminDep, db: DbDep) -> DatasetOut:
-    return _out(db, service.get_or_raise(db=db, name=name))
+def get_dataset(name: str, principal: AdminDep, db: DbDep) -> DatasetOut:
+    return _out(db, service.get_or_raise(db=db, name=name, tenant=principal.tenant))

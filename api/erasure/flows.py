@@ -46,6 +46,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit_append
+from api.blobs import store_at
 from api.compaction import service as compaction
 from api.database.core import utcnow
 from api.datasets import service as datasets
@@ -62,11 +63,11 @@ from api.registry.ledger import DbLedger
 from api.registry.models import Model, ModelVersion, TrainingRun
 from api.registry.reports import publish_report
 from api.webhooks import service as webhooks
+from unlearning_core.artifacts import open_artifact
 from unlearning_core.errors import RunError
 from unlearning_core.forget import ForgetSpec
-from unlearning_core.pipeline import MethodRun, apply_method, report
-from unlearning_core.artifacts import open_artifact
 from unlearning_core.methods import version_guarantee
+from unlearning_core.pipeline import MethodRun, apply_method, report
 from unlearning_core.store import BlobStore
 from unlearning_core.vocab import Guarantee
 
@@ -153,12 +154,17 @@ def _model_name(db: Session, model_id: int) -> str | None:
     return db.scalar(select(Model.name).where(Model.id == model_id))
 
 
+def _model_tenant(db: Session, model_id: int) -> str | None:
+    return db.scalar(select(Model.tenant).where(Model.id == model_id))
+
+
 def _audit_job(db: Session, kind: str, job: RequestJob, **payload: Any) -> None:
     audit_append(
         db,
         kind,
         request_id=job.request_id,
         model_name=_model_name(db, job.model_id),
+        tenant=_model_tenant(db, job.model_id),
         actor=WORKER,
         payload={"job_id": job.id, "attempt": job.attempts, **payload},
     )
@@ -352,6 +358,7 @@ def _unlearn_and_record(
                 f"model {claim.model_name!r} has no completed training run to unlearn from"
             )
         started = time.perf_counter()
+        store = store_at(run.store_url, store)
         artifact = open_artifact(store, run.run_id)
         in_run = set(artifact.sample_table["sample_ids"])
         forget = tuple(s for s in claim.sample_ids if s in in_run)
@@ -461,7 +468,7 @@ def _record_result(
             actor=WORKER,
             report=render,
         )
-        webhooks.emit(db, tenant=request.tenant, kind="version.published", payload={
+        webhooks.emit(db, tenant=model.tenant, kind="version.published", payload={
             "model": model.name, "version": version.number, "method": version.method,
             "guarantee": version_guarantee(version.method)})
         withdrawal.schedule(
@@ -491,6 +498,7 @@ def _record_result(
         "job.completed",
         request_id=claim.request_id,
         model_name=claim.model_name,
+        tenant=model.tenant,
         actor=WORKER,
         payload={
             "job_id": claim.job_id,
@@ -505,7 +513,7 @@ def _record_result(
         # the erasures that arrived while it trained are applied: it may serve now
         model.status = "ready"
         audit_append(
-            db, "model.ready", model_name=model.name, actor=WORKER,
+            db, "model.ready", model_name=model.name, tenant=model.tenant, actor=WORKER,
             payload={"version": version.number, "reason": "erasures that arrived during training applied"},
         )
     pending = db.scalar(
@@ -581,6 +589,7 @@ def requeue_abandoned(*, session_factory: SessionFactory) -> list[int]:
             "job.requeued",
             request_id=job.request_id,
             model_name=_model_name(db, job.model_id),
+            tenant=request.tenant,
             actor="dispatcher",
             payload={
                 "job_id": job.id,

@@ -41,8 +41,8 @@ from api.erasure.states import FINAL, JobStatus, RequestStatus
 from api.errors import ConflictError, NotFoundError
 from api.registry.models import Model, ModelVersion
 from unlearning_core.errors import ForgetSetError, MethodError
-from unlearning_core.vocab import Guarantee
 from unlearning_core.methods import OptionError, get_method, validate_options
+from unlearning_core.vocab import Guarantee
 
 S = RequestStatus
 
@@ -69,10 +69,13 @@ def _few(values: Sequence[str], n: int = 3) -> str:
     return shown + (f" (and {len(values) - n} more)" if len(values) > n else "")
 
 
-def resolve_targets(*, db: Session, body: ErasureRequestCreate) -> list[Target]:
-    """Lineage: subject / sample ids -> datasets holding them -> the models trained on those.
+def resolve_targets(*, db: Session, body: ErasureRequestCreate, tenant: str) -> list[Target]:
+    """Lineage: subject / sample ids -> ``tenant``'s datasets holding them -> its models
+    trained on those.
 
-    Reads only. Erased samples count (a repeated request is answered, not refused). Raises
+    Only the tenant's own models are candidates, so the 422 for a subject no model holds
+    reads the same whether or not another tenant has that subject: it names what the
+    tenant itself has, never what exists elsewhere. Reads only. Erased samples count (a repeated request is answered, not refused). Raises
     :class:`NotFoundError` for unknown models, :class:`ConflictError` for models not ready,
     :class:`ForgetSetError` (422) when the subject or sample ids are not in the training
     data, :class:`MethodError` (422) when the method cannot unlearn a model or refuses the
@@ -80,7 +83,10 @@ def resolve_targets(*, db: Session, body: ErasureRequestCreate) -> list[Target]:
     default method must accept them).
     """
     if body.models:
-        rows = {m.name: m for m in db.scalars(select(Model).where(Model.name.in_(body.models)))}
+        rows = {
+            m.name: m
+            for m in db.scalars(select(Model).where(Model.tenant == tenant, Model.name.in_(body.models)))
+        }
         missing = [n for n in body.models if n not in rows]
         if missing:
             raise NotFoundError(f"unknown model{'s' if len(missing) > 1 else ''} {_few(missing)}")
@@ -94,9 +100,11 @@ def resolve_targets(*, db: Session, body: ErasureRequestCreate) -> list[Target]:
         where = f"the training data of {_few([m.name for m in candidates])}"
     else:
         candidates = list(
-            db.scalars(select(Model).where(Model.status == "ready").order_by(Model.name))
+            db.scalars(
+                select(Model).where(Model.tenant == tenant, Model.status == "ready").order_by(Model.name)
+            )
         )
-        where = "the training data of any ready model"
+        where = "the training data of any ready model of your tenant"
     dataset_ids = sorted({m.dataset_id for m in candidates})
 
     matches: list[ColumnElement[bool]] = []
@@ -186,7 +194,7 @@ def create(
         existing = _by_idempotency_key(db, principal.tenant, idempotency_key)
         if existing is not None:
             return _replay(existing, digest, idempotency_key), False
-    targets = resolve_targets(db=db, body=body)
+    targets = resolve_targets(db=db, body=body, tenant=principal.tenant)
     settings = get_settings()
     now = utcnow()
     request = ErasureRequest(
@@ -327,6 +335,7 @@ def add_follow_up_job(
         event,
         request_id=request_id,
         model_name=model.name,
+        tenant=model.tenant,
         actor="worker",
         payload={"job_id": job.id, "samples": len(sample_ids), "reason": reason, **(payload or {})},
     )
@@ -491,7 +500,7 @@ def get_all(
             ErasureRequest.id.in_(
                 select(RequestJob.request_id)
                 .join(Model, Model.id == RequestJob.model_id)
-                .where(Model.name == filters.model)
+                .where(Model.tenant == principal.tenant, Model.name == filters.model)
             )
         )
     if filters.received_from is not None:

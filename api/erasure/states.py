@@ -121,7 +121,7 @@ def received(
 ) -> None:
     """The first event of every request (its state before the first transition)."""
     request.status = S.RECEIVED
-    audit_append(db, "request.received", request_id=request.id, actor=actor, payload=payload)
+    audit_append(db, "request.received", request_id=request.id, tenant=request.tenant, actor=actor, payload=payload)
 
 
 def transition(
@@ -144,4 +144,6 @@ def transition(
     if reason:
         body["reason"] = reason
     body.update(payload or {})
-    audit_append(db, f"request.{target.value}", request_id=request.id, actor=actor, payload=body)
+    audit_append(
+        db, f"request.{target.value}", request_id=request.id, tenant=request.tenant, actor=actor, payload=body
+    )

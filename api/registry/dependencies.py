@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path
 
-from api.auth.dependencies import DbDep
+from api.auth.dependencies import DbDep, Principal, current_principal
 from api.errors import NotFoundError
 from api.registry import service
 from api.registry.models import Model, ModelVersion
@@ -18,8 +18,13 @@ from api.registry.models import Model, ModelVersion
 LATEST = "latest"
 
 
-def valid_model(name: Annotated[str, Path(description="Model name")], db: DbDep) -> Model:
-    return service.get_or_raise(db=db, name=name)
+def valid_model(
+    name: Annotated[str, Path(description="Model name")],
+    db: DbDep,
+    principal: Annotated[Principal, Depends(current_principal)],
+) -> Model:
+    """The caller's tenant's model ``name``; another tenant's is the same 404 as none."""
+    return service.get_or_raise(db=db, name=name, tenant=principal.tenant)
 
 
 ModelDep = Annotated[Model, Depends(valid_model)]

@@ -47,21 +47,25 @@ import torch
 from sqlalchemy.orm import Session
 
 from api.audit.service import append as audit
+from api.auth.tenants import DEFAULT_TENANT
+from api.blobs import store_at
 from api.compaction import flows as compaction
 from api.database.core import utcnow
 from api.datasets import service as datasets
-from api.erasure import service as erasure
 from api.datasets.models import Dataset
+from api.erasure import service as erasure
 from api.jobs.lease import LeaseToken
-from api.registry.lease import LEASE
 from api.jobs.policy import FAILED, execute
 from api.jobs.states import JobState
 from api.registry import service
+from api.registry.lease import LEASE
 from api.registry.models import Model, RunKind, TrainingRun
 from api.registry.schemas import RECORD_OF_METHOD, ModelCreate
+from api.webhooks import service as webhooks
 from unlearning_core import pipeline
-from unlearning_core.errors import RunError
 from unlearning_core.artifacts import open_artifact
+from unlearning_core.errors import RunError
+from unlearning_core.methods import version_guarantee
 from unlearning_core.runs.artifact import run_prefix
 from unlearning_core.runs.spec import RecordingSpec, RunSpec, SisaSpec, TrainingSpec
 from unlearning_core.sisa import run as sisa_run
@@ -96,6 +100,7 @@ def _on_fail(db: Session, _parent: None, run: TrainingRun) -> None:
         db,
         "model.training_failed",
         model_name=model.name if model else None,
+        tenant=model.tenant if model else None,
         payload={"run_id": run.run_id, "error": run.error},
     )
 
@@ -230,6 +235,10 @@ def _publish(
             db=db, model=model, erased=datasets.erased_among(db=db, dataset_id=model.dataset_id, sample_ids=trained)
         )
         model.status = "training" if late else "ready"
+        if not late:  # a model still applying late erasures serves nothing yet
+            webhooks.emit(db, tenant=model.tenant, kind="version.published", payload={
+                "model": model.name, "version": 0, "method": TRAIN_METHOD,
+                "guarantee": version_guarantee(TRAIN_METHOD)})
         db.commit()
 
 
@@ -245,6 +254,7 @@ class RunContext:
     dataset: Dataset
     erased: frozenset[str]  # tombstoned samples of its dataset when the attempt started
     kind: str = RunKind.TRAIN  # a compaction is trained by api.compaction.flows
+    store_url: str = ""  # where the run lives (its tenant's prefix): api.blobs.store_at
 
 
 def _run_context(session_factory: SessionFactory, run_pk: int) -> RunContext:
@@ -263,6 +273,7 @@ def _run_context(session_factory: SessionFactory, run_pk: int) -> RunContext:
             dataset=dataset,
             erased=frozenset(datasets.erased_ids(db=db, dataset_id=dataset.id)),
             kind=run.kind,
+            store_url=run.store_url,
         )
         db.expunge_all()
     return ctx
@@ -281,6 +292,7 @@ def process_training_run(
     transient fault puts the run back in the queue and is re-raised (for a Celery retry).
     A compaction run is trained and published by :mod:`api.compaction.flows`."""
     ctx = _run_context(session_factory, token.job_id)
+    store = store_at(ctx.store_url, store)
     if ctx.kind == RunKind.COMPACTION:
         return compaction.process_compaction(
             session_factory=session_factory,
@@ -416,6 +428,7 @@ def fan_out_sisa_training(
     if ctx is None:
         return None
     run_id = ctx.run_id
+    store = store_at(ctx.store_url, store)
 
     def untrained_shards() -> list[int]:
         _training, _recording, sisa = _configs(ctx.config)
@@ -487,6 +500,7 @@ def process_training_shard(
     if not LEASE.beat(session_factory=session_factory, token=token):
         return "skipped"
     run_id, model, dataset = ctx.run_id, ctx.model, ctx.dataset
+    store = store_at(ctx.store_url, store)
     dev = _device(device)
 
     def train_shard() -> str:
@@ -585,13 +599,14 @@ def train_model_now(
     device: torch.device | str | None,
     spec: ModelCreate | dict[str, Any],
     actor: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> Model:
-    """Create a model and train it synchronously (demo seeding, scripts); returns the model row
+    """Create ``tenant``'s model and train it synchronously (demo seeding, scripts); returns the model row
     as it ends (``ready``, or ``failed`` with the error on its training run). Raises like
     :func:`api.registry.service.create` for bad input."""
     body = spec if isinstance(spec, ModelCreate) else ModelCreate.model_validate(spec)
     with session_factory() as db:
-        _model, run = service.create(db=db, spec=body, store=store, actor=actor)
+        _model, run = service.create(db=db, spec=body, store=store, actor=actor, tenant=tenant)
         run_pk = run.id
     token = claim(session_factory=session_factory, run_pk=run_pk)
     if token is not None:
@@ -599,4 +614,4 @@ def train_model_now(
             session_factory=session_factory, store=store, device=device, token=token
         )
     with session_factory() as db:
-        return service.get_or_raise(db=db, name=body.name)
+        return service.get_or_raise(db=db, name=body.name, tenant=tenant)

@@ -19,10 +19,15 @@ class RunKind(StrEnum):
 
 
 class Model(Base):
+    """A model of one tenant: its name is unique within the tenant, and every other tenant
+    gets a 404 for it (its runs, versions and reports follow it)."""
+
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_models_tenant_name"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
+    name: Mapped[str] = mapped_column(String(128))
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
     architecture: Mapped[str] = mapped_column(String(64))
     method: Mapped[str] = mapped_column(String(32))  # training method: plain|amnesiac|partial-amnesiac|sisa

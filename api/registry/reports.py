@@ -21,10 +21,10 @@ from fastapi import HTTPException, status
 from api.audit.models import AuditEvent
 from api.errors import NotFoundError, is_transient
 from api.registry.models import ModelVersion
+from unlearning_core.errors import BlobStoreError
 from unlearning_core.pipeline import MethodRun, save_erasure_record
 from unlearning_core.report.build import AuditPosition, RequestRef, erasure_report
 from unlearning_core.runs.ledger import Ledger
-from unlearning_core.errors import BlobStoreError
 from unlearning_core.store import BlobRef, BlobStore
 
 log = logging.getLogger("lethe.reports")

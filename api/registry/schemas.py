@@ -8,13 +8,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.datasets.schemas import MAX_SEED, NAME_PATTERN
-from unlearning_core.methods import get_method, method_names
-from unlearning_core.models import model_names
 
 # What a training method records (re-exported for the registry's flows) and the unlearning
 # method its erasure requests use by default (a request may name any method the recorded
 # run supports): unlearning_core's vocabulary, defined once in unlearning_core.vocab.
 from unlearning_core.compaction import CompactionPolicy
+from unlearning_core.methods import get_method, method_names
+from unlearning_core.models import model_names
 from unlearning_core.vocab import DEFAULT_UNLEARN_METHOD, Guarantee, TrainingMethod
 from unlearning_core.vocab import RECORD_OF_METHOD as RECORD_OF_METHOD
 

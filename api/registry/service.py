@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from api import wake
 from api.audit.models import AuditEvent
 from api.audit.service import append as audit
+from api.auth.tenants import DEFAULT_TENANT
 from api.compaction.policy import default_policy, merged
 from api.datasets import service as datasets
 from api.datasets.models import Dataset, Sample
@@ -34,12 +35,13 @@ from unlearning_core.store import BlobRef, BlobStore
 from unlearning_core.vocab import TrainingMethod
 
 
-def get(*, db: Session, name: str) -> Model | None:
-    return db.scalar(select(Model).where(Model.name == name))
+def get(*, db: Session, name: str, tenant: str) -> Model | None:
+    """``tenant``'s model ``name`` (another tenant's is None, as if it did not exist)."""
+    return db.scalar(select(Model).where(Model.tenant == tenant, Model.name == name))
 
 
-def get_or_raise(*, db: Session, name: str) -> Model:
-    model = get(db=db, name=name)
+def get_or_raise(*, db: Session, name: str, tenant: str) -> Model:
+    model = get(db=db, name=name, tenant=tenant)
     if model is None:
         raise NotFoundError(f"no model named {name!r}")
     return model
@@ -57,11 +59,12 @@ def latest_numbers(*, db: Session, model_ids: list[int]) -> dict[int, int]:
     return {model_id: int(number) for model_id, number in rows}
 
 
-def get_all(*, db: Session) -> list[tuple[Model, str, int | None]]:
-    """Every model with its dataset's name and its latest version number."""
+def get_all(*, db: Session, tenant: str) -> list[tuple[Model, str, int | None]]:
+    """Every model of ``tenant`` with its dataset's name and its latest version number."""
     rows = db.execute(
         select(Model, Dataset.name)
         .join(Dataset, Dataset.id == Model.dataset_id)
+        .where(Model.tenant == tenant)
         .order_by(Model.name)
     ).all()
     latest = latest_numbers(db=db, model_ids=[m.id for m, _ in rows])
@@ -175,9 +178,16 @@ def new_run_id(name: str) -> str:
 
 
 def create(
-    *, db: Session, spec: ModelCreate, store: BlobStore, actor: str | None = None
+    *,
+    db: Session,
+    spec: ModelCreate,
+    store: BlobStore,
+    actor: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> tuple[Model, TrainingRun]:
-    """Create the model (status ``training``) with a queued training run and an audit event.
+    """Create ``tenant``'s model (status ``training``, on ``tenant``'s dataset named by the
+    spec) with a queued training run in ``store`` (the API passes the tenant's prefix,
+    :func:`api.blobs.tenant_store`) and an audit event.
 
     The embedded worker (or :func:`api.registry.flows.process_pending_training`) trains it.
     A single-model training leaves out the dataset's erased samples. Raises
@@ -185,9 +195,9 @@ def create(
     (its shards could not agree on what to leave out), and a 422-mapped error for an
     unknown dataset or settings the dataset cannot satisfy. Commits.
     """
-    if get(db=db, name=spec.name) is not None:
+    if get(db=db, name=spec.name, tenant=tenant) is not None:
         raise ConflictError(f"a model named {spec.name!r} already exists")
-    dataset = datasets.get(db=db, name=spec.dataset)
+    dataset = datasets.get(db=db, name=spec.dataset, tenant=tenant)
     if dataset is None:
         raise DatasetError(
             f"no dataset named {spec.dataset!r}; register it with POST /datasets first"
@@ -206,6 +216,7 @@ def create(
     PruneSchedule(spec.prune_first, spec.prune_last)  # RunError (422) if out of range
     assert spec.unlearn_method is not None  # filled in by the schema
     model = Model(
+        tenant=tenant,
         name=spec.name,
         dataset_id=dataset.id,
         architecture=spec.architecture,
@@ -235,6 +246,7 @@ def create(
             db,
             "model.training_queued",
             model_name=model.name,
+            tenant=model.tenant,
             actor=actor,
             payload={"run_id": run.run_id, "dataset": dataset.name, "config": run.config},
         )
@@ -340,7 +352,7 @@ def publish_version(
         number=number, parent=parent, method=method, weights=weights, metrics=metrics
     )
     published = audit(
-        db, event, request_id=request_id, model_name=model.name, actor=actor,
+        db, event, request_id=request_id, model_name=model.name, tenant=model.tenant, actor=actor,
         payload={**body, **(payload or {})},
     )
     rendered = report(published) if report is not None else None

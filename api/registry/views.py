@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.responses import StreamingResponse
 
 from api.auth.dependencies import AdminDep, DbDep, RegistryDep, require_scope
-from api.blobs import get_store
+from api.blobs import tenant_store
 from api.compaction.policy import policy_of
 from api.database.core import utcnow
 from api.registry import service, withdrawal
@@ -125,7 +125,9 @@ def _versions_out(db, model: Model, versions: list[ModelVersion], tenant: str) -
     },
 )
 def create_model(body: ModelCreate, principal: AdminDep, db: DbDep, response: Response) -> ModelOut:
-    model, _run = service.create(db=db, spec=body, store=get_store(), actor=principal.name)
+    model, _run = service.create(
+        db=db, spec=body, store=tenant_store(principal.tenant), actor=principal.name, tenant=principal.tenant
+    )
     response.headers["Location"] = f"/models/{model.name}"
     return _model_out(db, model)
 
@@ -136,7 +138,7 @@ def create_model(body: ModelCreate, principal: AdminDep, db: DbDep, response: Re
     summary="List models with their latest version",
     responses=AUTH_ERRORS,
 )
-def list_models(db: DbDep) -> list[ModelSummary]:
+def list_models(principal: RegistryDep, db: DbDep) -> list[ModelSummary]:
     return [
         ModelSummary(
             name=m.name,
@@ -148,7 +150,7 @@ def list_models(db: DbDep) -> list[ModelSummary]:
             latest_version=latest,
             created_at=m.created_at,
         )
-        for m, dataset, latest in service.get_all(db=db)
+        for m, dataset, latest in service.get_all(db=db, tenant=principal.tenant)
     ]
 
 

@@ -76,6 +76,7 @@ def schedule(
         "version.withdrawal_scheduled",
         request_id=request_ids[0] if len(request_ids) == 1 else None,
         model_name=model.name,
+        tenant=model.tenant,
         actor=actor,
         payload={
             "versions": numbers,
@@ -85,8 +86,8 @@ def schedule(
             "requests": len(request_ids),
         },
     )
-    for number in numbers:  # webhooks: to the tenants of the requests that caused it
-        webhooks.emit_to_requests(db, request_ids=request_ids, kind="version.withdrawn", payload={
+    for number in numbers:  # webhooks: to the model's tenant
+        webhooks.emit(db, tenant=model.tenant, kind="version.withdrawn", payload={
             "model": model.name, "version": number, "successor": successor.number,
             "reason": reason, "effective_at": effective.isoformat()})
     db.flush()

@@ -7,8 +7,8 @@ and never announced for a rolled-back change), and the workers woken once it com
 delivery itself is :mod:`api.webhooks.flows`.
 
 Payloads carry ids only (model names, version numbers, request ids, deadlines): never a
-subject id, a sample id or a tenant. Versions have no tenant yet, so version events go to
-the tenants of the requests involved (:func:`emit_to_requests`).
+subject id, a sample id or a tenant. Version events go to the model's tenant, request
+events to the request's.
 
 This module imports models only (no flows): the erasure, compaction and registry domains
 import it.
@@ -66,7 +66,7 @@ def register(*, db: Session, principal: Principal, body: WebhookCreate) -> Webho
     db.add(webhook)
     db.flush()
     audit(
-        db, "webhook.registered", actor=principal.name,
+        db, "webhook.registered", actor=principal.name, tenant=principal.tenant,
         payload={"webhook_id": webhook.id, "events": webhook.events, "tenant": principal.tenant},
     )
     db.commit()
@@ -105,7 +105,7 @@ def delete(*, db: Session, principal: Principal, webhook_id: int) -> None:
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     audit(
-        db, "webhook.deleted", actor=principal.name,
+        db, "webhook.deleted", actor=principal.name, tenant=principal.tenant,
         payload={"webhook_id": webhook.id, "cancelled_deliveries": int(cancelled or 0)},
     )
     db.commit()
@@ -157,25 +157,6 @@ def emit(db: Session, *, tenant: str, kind: EventKind | str, payload: dict[str, 
     db.flush()
     ids = [r.id for r in rows]
     wake.after_commit(db, wake.DELIVER_WEBHOOK, ids)
-    return ids
-
-
-def tenants_of(db: Session, request_ids: Iterable[str]) -> list[str]:
-    """The tenants of these erasure requests (sorted, each once)."""
-    ids = sorted(set(request_ids))
-    if not ids:
-        return []
-    return sorted(set(db.scalars(select(ErasureRequest.tenant).where(ErasureRequest.id.in_(ids)))))
-
-
-def emit_to_requests(
-    db: Session, *, request_ids: Iterable[str], kind: EventKind | str, payload: dict[str, Any]
-) -> list[int]:
-    """:func:`emit` to every tenant of these requests (a version event: versions have no
-    tenant yet, the requests they answer do)."""
-    ids: list[int] = []
-    for tenant in tenants_of(db, request_ids):
-        ids += emit(db, tenant=tenant, kind=kind, payload=payload)
     return ids
 
 
