@@ -91,7 +91,7 @@ def _run_id_ok(run_id: str) -> str:
 @app.command()
 def train(
     dataset: Annotated[str, typer.Option("--dataset", help="digits, fashion-mnist, or a path (idx folder, ImageFolder, .npz manifest).")],
-    model: Annotated[str, typer.Option("--model", help="mlp, small-cnn, alexnet, resnet18, resnet50, vit.")],
+    model: Annotated[str, typer.Option("--model", help="A registered model (mlp, small-cnn, alexnet, resnet18, resnet50, vit, or one an installed package declares in the lethe.models entry-point group) or a factory path package.module:callable.")],
     store: StoreOpt,
     run_id: RunIdOpt,
     epochs: Annotated[int, typer.Option(min=1)] = 2,
