@@ -123,3 +123,117 @@ async def test_the_service_and_worker_use_a_plugin_model_by_name_only(  # type: 
     assert status["status"] == "completed", status
     weights = await client.get("/models/toy/versions/latest/weights", headers=admin)
     assert weights.status_code == 200 and (await client.get("/models/toy", headers=admin)).json()["latest_version"] == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Dataset plug-ins and subject maps
+# ---------------------------------------------------------------------------------------
+
+CLAIMS = "toy-claims"
+
+
+def write_map(path: Path, rows: list[tuple[str, str]], header: str = "sample_id,subject_id") -> Path:
+    path.write_text(header + "\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    return path
+
+
+def claims_map(n: int = 120, per: int = 8) -> list[tuple[str, str]]:
+    return [(f"claim-{i:05d}", f"person-{i // per:03d}") for i in range(n)]
+
+
+def test_a_dataset_plugin_loads_by_name_with_its_own_ids(toy_models: str) -> None:
+    from unlearning_core.data import load_dataset
+    from unlearning_core.data.plugins import dataset_plugin_names
+
+    assert CLAIMS in dataset_plugin_names()
+    data = load_dataset(CLAIMS)
+    assert (len(data.train), len(data.test), data.num_classes) == (120, 40, 3)
+    assert data.train.sample_ids[:2] == ("claim-00000", "claim-00001")
+
+
+def test_subject_maps_from_csv_and_parquet(toy_models: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from unlearning_core.data import load_dataset
+
+    csv_map = write_map(tmp_path / "subjects.csv", claims_map())
+    parquet_map = tmp_path / "subjects.parquet"
+    rows = claims_map()
+    pq.write_table(pa.table({"sample_id": [a for a, _ in rows], "subject_id": [b for _, b in rows]}), parquet_map)
+    for path in (csv_map, parquet_map):
+        data = load_dataset(CLAIMS, subject_map=path)
+        assert data.train.subject_ids[0] == "person-000" and data.train.subject_ids[119] == "person-014"
+        assert len(data.train.positions_of_subject("person-003")) == 8
+
+
+@pytest.mark.parametrize(
+    ("rows", "header", "message"),
+    [
+        (claims_map() + [("claim-99999", "person-x")], "sample_id,subject_id", "line 122: sample 'claim-99999' is not in dataset"),
+        (claims_map()[:5] + [("claim-00002", "person-y")] + claims_map()[5:], "sample_id,subject_id", "line 7: sample 'claim-00002' is listed twice (first on line 4)"),
+        (claims_map()[:-3], "sample_id,subject_id", "3 training samples of 'toy-claims' have no subject"),
+        (claims_map()[:10] + [("claim-00010", "")] + claims_map()[11:], "sample_id,subject_id", "line 12: sample 'claim-00010' has an empty subject_id"),
+        (claims_map(), "sample,subject", "line 1: the header must name the columns sample_id and subject_id"),
+    ],
+    ids=["unknown-id", "duplicate", "missing", "empty-subject", "header"],
+)
+def test_a_bad_subject_map_names_the_file_and_line(
+    toy_models: str, tmp_path: Path, rows: list[tuple[str, str]], header: str, message: str
+) -> None:
+    from unlearning_core.data import load_dataset
+    from unlearning_core.errors import DatasetError
+
+    path = write_map(tmp_path / "bad.csv", rows, header)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(CLAIMS, subject_map=path)
+    assert str(path) in str(info.value) and message in str(info.value), str(info.value)
+
+
+@pytest.mark.anyio
+async def test_the_service_registers_a_plugin_dataset_with_a_subject_map_and_erases_a_subject(  # type: ignore[no-untyped-def]
+    toy_models: str, client, api_keys, tmp_path: Path
+) -> None:
+    from api.blobs import get_store
+    from api.database.core import get_sessionmaker
+    from api.registry.flows import process_pending_training
+    from worker.embedded import process_pending
+
+    admin = bearer(api_keys["admin"])
+    good = write_map(tmp_path / "claims.csv", claims_map())  # tmp_path is LETHE_DATASET_ROOTS
+    bad = write_map(tmp_path / "dup.csv", claims_map() + [("claim-00001", "person-z")])
+    r = await client.post("/datasets", json={"name": "c0", "source": CLAIMS, "subject_map": str(bad)}, headers=admin)
+    assert r.status_code == 422 and "line 122" in r.json()["detail"] and "listed twice" in r.json()["detail"], r.text
+    r = await client.post("/datasets", json={"name": "c1", "source": CLAIMS, "subject_map": "/etc/passwd"}, headers=admin)
+    assert r.status_code == 403 and "subject map" in r.json()["detail"], r.text
+    r = await client.post("/datasets", json={"name": "claims", "source": CLAIMS, "subject_map": str(good)}, headers=admin)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["source"], body["samples"], body["subjects"]) == (CLAIMS, 120, 15)
+    assert body["info"]["subject_map"]["path"] == str(good)
+
+    # an upload sends its subject map along
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, images=np.zeros((30, 8, 8), np.uint8), labels=np.arange(30) % 2,
+             sample_ids=np.array([f"u-{i}" for i in range(30)]))
+    subjects = "sample_id,subject_id\n" + "".join(f"u-{i},who-{i % 4}\n" for i in range(30))
+    r = await client.post(
+        "/datasets/upload", headers=admin, data={"name": "up"},
+        files={"file": ("m.npz", buf.getvalue()), "subject_map": ("subjects.csv", subjects.encode())},
+    )
+    assert r.status_code == 201 and r.json()["subjects"] == 4, r.text
+
+    model = {"name": "claims-mlp", "dataset": "claims", "architecture": "mlp", "method": "amnesiac", "epochs": 2,
+             "batch_size": 16, "lr": 0.05}
+    assert (await client.post("/models", json=model, headers=admin)).status_code == 202
+    cpu = torch.device("cpu")
+    assert process_pending_training(session_factory=get_sessionmaker(), store=get_store(), device=cpu) == 1
+    r = await client.post("/erasure-requests", json={"subject_id": "person-003"}, headers=bearer(api_keys["requester"]))
+    assert r.status_code == 202, r.text
+    assert process_pending(session_factory=get_sessionmaker(), store=get_store(), device=cpu) == 1
+    status = (await client.get(f"/requests/{r.json()['id']}/status", headers=admin)).json()
+    assert status["status"] == "completed" and status["jobs"][0]["details"]["forget_samples"] == 8, status

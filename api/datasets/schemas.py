@@ -41,14 +41,23 @@ class DatasetCreate(BaseModel):
         min_length=1,
         max_length=1024,
         pattern=SOURCE_PATTERN,
-        description="`digits`, `fashion-mnist`, or a path on the server: a folder of idx files, "
-        "an ImageFolder tree or an `.npz` manifest",
+        description="`digits`, `fashion-mnist`, an installed dataset plug-in (entry-point group "
+        "`lethe.datasets`), or a path on the server under LETHE_DATASET_ROOTS: a folder of idx "
+        "files, an ImageFolder tree or an `.npz` manifest",
     )
     subject_size: int | None = Field(
         default=None,
         ge=1,
         le=MAX_SUBJECT_SIZE,
         description="Group consecutive training samples into data subjects of this size",
+    )
+    subject_map: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        pattern=SOURCE_PATTERN,
+        description="A CSV (`sample_id,subject_id` header) or Parquet file on the server, under "
+        "LETHE_DATASET_ROOTS, naming every training sample's data subject (instead of subject_size)",
     )
     split_seed: int = Field(
         default=0,

@@ -28,6 +28,8 @@ from api.datasets.models import Dataset, Sample
 from api.datasets.schemas import MAX_SEED, MAX_SUBJECT_SIZE
 from api.errors import ConflictError, ForbiddenError, NotFoundError
 from unlearning_core.data import DATASET_NAMES, load_dataset
+from unlearning_core.data.plugins import is_dataset_plugin
+from unlearning_core.data.subjects import read_subject_map
 from unlearning_core.data.sampleset import Dataset as LoadedDataset
 from unlearning_core.errors import DatasetError
 from unlearning_core.runs.spec import DatasetSpec
@@ -53,6 +55,8 @@ def normalise_source(source: str) -> str:
     key = source.strip()
     if key.lower() in DATASET_NAMES:
         return key.lower()
+    if key and is_dataset_plugin(key):  # an installed loader, named like a built-in
+        return key.lower().replace("_", "-")
     if "\x00" in key:
         raise DatasetError(f"unknown dataset {source!r}: a path cannot hold a NUL character")
     try:
@@ -96,7 +100,7 @@ def get_all(*, db: Session, tenant: str) -> list[Dataset]:
     return list(db.scalars(select(Dataset).where(Dataset.tenant == tenant).order_by(Dataset.name)))
 
 
-def check_source_allowed(source: str, roots: list[Path]) -> None:
+def check_source_allowed(source: str, roots: list[Path], *, what: str = "source") -> None:
     """A :class:`ForbiddenError` unless ``source`` is a built-in dataset or a path under one
     of ``roots`` (the operator's ``LETHE_DATASET_ROOTS``), and never inside the upload folder.
 
@@ -105,11 +109,13 @@ def check_source_allowed(source: str, roots: list[Path]) -> None:
     the server's files, nor register another tenant's uploaded manifest as its own.
     """
     key = source.strip()
-    if key.lower() in DATASET_NAMES:
+    if key.lower() in DATASET_NAMES or (key and is_dataset_plugin(key)):
         return
     refused = ForbiddenError(
-        f"source {source[:200]!r} is not a built-in dataset nor under a directory this service "
-        "allows server paths from (LETHE_DATASET_ROOTS); upload the data with POST /datasets/upload"
+        f"{what} {source[:200]!r} is "
+        + ("not a built-in dataset nor " if what == "source" else "not ")
+        + "under a directory this service allows server paths from (LETHE_DATASET_ROOTS); "
+        "upload the data with POST /datasets/upload"
     )
     try:
         path = Path(normalise_source(key))
@@ -173,6 +179,7 @@ def register(
     info: dict | None = None,
     tenant: str = DEFAULT_TENANT,
     roots: list[Path] | None = None,
+    subject_map: str | None = None,
 ) -> Dataset:
     """Load ``source`` (a :class:`DatasetError` if unreadable), then store ``tenant``'s
     dataset row, one :class:`Sample` per training sample and a ``dataset.registered``
@@ -184,6 +191,10 @@ def register(
     """
     if roots is not None:
         check_source_allowed(source, roots)
+        if subject_map is not None:
+            check_source_allowed(subject_map, roots, what="subject map")
+    if subject_map is not None and subject_size is not None:
+        raise DatasetError("give subject_size or subject_map, not both")
     if get(db=db, name=name, tenant=tenant) is not None:
         raise ConflictError(f"a dataset named {name!r} already exists")
     if not 0.0 < test_fraction < 1.0:
@@ -194,8 +205,12 @@ def register(
         raise DatasetError(f"split_seed must be 0 to {MAX_SEED}, got {split_seed}")
     normalised = normalise_source(source)
     # The caller's spelling of the source, so an error names what they sent.
+    subjects = None
+    if subject_map is not None:
+        subjects = read_subject_map(Path(normalise_source(subject_map)))
     loaded = _load(
-        source.strip(), seed=split_seed, subject_size=subject_size, test_fraction=test_fraction
+        source.strip(), seed=split_seed, subject_size=subject_size, test_fraction=test_fraction,
+        subject_map=subjects,
     )
     if len(normalised) > SOURCE_COLUMN_LENGTH:
         raise DatasetError(
@@ -218,6 +233,7 @@ def register(
             "num_test": len(loaded.test),
             "class_names": list(loaded.class_names),
             "sample_ids_sha256": sample_ids_digest(train.sample_ids),
+            **({"subject_map": {"path": str(subjects.path), "sha256": subjects.sha256}} if subjects else {}),
             **(info or {}),
         },
     )
@@ -276,8 +292,11 @@ def register_upload(
     actor: str | None = None,
     filename: str | None = None,
     tenant: str = DEFAULT_TENANT,
+    subject_map: BinaryIO | None = None,
+    subject_map_filename: str | None = None,
 ) -> Dataset:
-    """Keep an uploaded ``.npz`` manifest in ``tenant``'s upload folder and register it.
+    """Keep an uploaded ``.npz`` manifest (and its subject map, if sent) in ``tenant``'s
+    upload folder and register it.
 
     The file is written to a temporary name, validated by registering it, and only then
     kept under ``<name>-<sha256[:16]>.npz``; a manifest that fails leaves no file behind.
@@ -301,8 +320,10 @@ def register_upload(
         digest = h.hexdigest()
         final = folder / f"{name}-{digest[:16]}.npz"
         os.replace(tmp, final)
+        map_path = _keep_subject_map(folder, name, subject_map, subject_map_filename)
         try:
             return register(
+                subject_map=str(map_path) if map_path else None,
                 db=db,
                 name=name,
                 source=str(final),
@@ -315,9 +336,27 @@ def register_upload(
             )
         except BaseException:
             final.unlink(missing_ok=True)
+            if map_path is not None:
+                map_path.unlink(missing_ok=True)
             raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _keep_subject_map(
+    folder: Path, name: str, fileobj: BinaryIO | None, filename: str | None
+) -> Path | None:
+    """An uploaded subject map kept beside its manifest (``.parquet`` when its name says so,
+    else ``.csv``); None when none was sent."""
+    if fileobj is None:
+        return None
+    data = fileobj.read()
+    if not data:
+        raise DatasetError("the uploaded subject map is empty; send a CSV (sample_id,subject_id) or Parquet file")
+    suffix = ".parquet" if (filename or "").lower().endswith((".parquet", ".pq")) else ".csv"
+    path = folder / f"{name}-subjects-{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+    path.write_bytes(data)
+    return path
 
 
 def erased_ids(*, db: Session, dataset_id: int) -> set[str]:

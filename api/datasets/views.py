@@ -71,6 +71,7 @@ def create_dataset(body: DatasetCreate, principal: AdminDep, db: DbDep) -> Datas
         name=body.name,
         source=body.source,
         subject_size=body.subject_size,
+        subject_map=body.subject_map,
         split_seed=body.split_seed,
         test_fraction=body.test_fraction,
         actor=principal.name,
@@ -98,6 +99,11 @@ def upload_dataset(
     subject_size: Annotated[int | None, Form(ge=1, le=MAX_SUBJECT_SIZE)] = None,
     split_seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,
     test_fraction: Annotated[float, Form(gt=0.0, lt=1.0, allow_inf_nan=False)] = 0.2,
+    subject_map: Annotated[
+        UploadFile | None,
+        File(description="Optional CSV (sample_id,subject_id header) or Parquet file naming every "
+             "training sample's data subject (instead of subject_size or the manifest's subject_ids)"),
+    ] = None,
 ) -> DatasetOut:
     dataset = service.register_upload(
         tenant=principal.tenant,
@@ -109,6 +115,8 @@ def upload_dataset(
         test_fraction=test_fraction,
         actor=principal.name,
         filename=file.filename,
+        subject_map=subject_map.file if subject_map is not None else None,
+        subject_map_filename=subject_map.filename if subject_map is not None else None,
     )
     return _out(db, dataset)
 

@@ -10,7 +10,9 @@ from unlearning_core.data.digits import load_digits_dataset
 from unlearning_core.data.idx import FASHION_MNIST_CLASSES, is_idx_folder, load_idx_folder
 from unlearning_core.data.image_folder import load_image_folder
 from unlearning_core.data.manifest import load_manifest
+from unlearning_core.data.plugins import is_dataset_plugin, load_plugin
 from unlearning_core.data.sampleset import Dataset
+from unlearning_core.data.subjects import SubjectMap, apply_subject_map
 from unlearning_core.errors import DatasetError
 
 #: Names ``load_dataset`` understands without a path.
@@ -52,19 +54,27 @@ def load_dataset(
     subject_size: int | None = None,
     test_fraction: float = 0.2,
     data_dir: Path | None = None,
+    subject_map: str | Path | SubjectMap | None = None,
 ) -> Dataset:
-    """Load ``spec``: a built-in name (:data:`DATASET_NAMES`) or a path to an idx folder,
-    an ImageFolder tree or an ``.npz`` manifest.
+    """Load ``spec``: a built-in name (:data:`DATASET_NAMES`), an installed dataset plug-in
+    (entry-point group ``lethe.datasets``, :mod:`unlearning_core.data.plugins`) or a path to
+    an idx folder, an ImageFolder tree or an ``.npz`` manifest.
 
-    ``seed`` and ``test_fraction`` fix the split where the data has no test set of its own;
-    ``subject_size`` names consecutive training samples as subjects (replacing a manifest's).
-    Dataset names of paths are the resolved path, so a run can load the same data again.
+    ``seed`` and ``test_fraction`` fix the split where the data has no test set of its own.
+    Subjects: ``subject_size`` names consecutive training samples as subjects, or
+    ``subject_map`` (a CSV or Parquet file of ``sample_id,subject_id``,
+    :mod:`unlearning_core.data.subjects`) names each sample's; either replaces the data's
+    own. Dataset names of paths are the resolved path, so a run can load the same data again.
     """
+    if subject_size is not None and subject_map is not None:
+        raise DatasetError("give subjects either by size (subject_size) or by a subject map, not both")
     key = str(spec).strip()
     if key.lower() == "digits":
         dataset = load_digits_dataset(seed=seed, test_fraction=test_fraction)
     elif key.lower() == "fashion-mnist":
         dataset = _load_fashion_mnist(data_dir)
+    elif key and is_dataset_plugin(key):
+        dataset = load_plugin(key, seed=seed, test_fraction=test_fraction, data_dir=data_dir)
     else:
         path = Path(key).expanduser() if key else None
         if path is None or not path.exists():
@@ -87,4 +97,6 @@ def load_dataset(
                 f"{path}: not a dataset; give a folder (idx files or class subfolders of "
                 f"images), an .npz manifest, or one of {', '.join(DATASET_NAMES)}"
             )
+    if subject_map is not None:
+        return apply_subject_map(dataset, subject_map)
     return dataset.with_subject_size(subject_size)
