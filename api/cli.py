@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from api.client_commands import register as register_client_commands
 from unlearning_core.cli.main import app
 from unlearning_core.cli.main import main as core_main
 
@@ -19,6 +20,7 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+register_client_commands(app)  # lethe request, lethe pull (api/client_commands.py)
 
 
 @app.command()
@@ -88,7 +90,7 @@ def keys_create(
         try:
             row, key = create_key(db, name=name, scopes=scope, tenant=tenant)
         except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--scope") from None
+            raise typer.BadParameter(str(exc), param_hint="--tenant" if "tenant" in str(exc) else "--scope") from None
         db.commit()
     out = {"id": row.id, "name": name, "tenant": tenant, "scopes": row.scopes, "key": key}
     sys.stdout.write((json.dumps(out) if as_json else f"{key}\n  scopes: {', '.join(row.scopes)}  tenant: {tenant}") + "\n")
