@@ -14,6 +14,7 @@ with Client("http://127.0.0.1:8000", api_key="lethe_...") as lethe:   # or LETHE
 """
 
 from lethe_client._core import Retry
+from lethe_client._version import __version__
 from lethe_client.client import AsyncClient, Client
 from lethe_client.errors import (
     Conflict,
@@ -46,8 +47,6 @@ from lethe_client.models import (
     Tier,
     Version,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Accepted",

@@ -36,7 +36,6 @@ from lethe_client.errors import (
     Gone,
     IntegrityError,
     LetheError,
-    ReceiptInvalid,
     RequestFailed,
     ServerError,
     ValidationFailed,
@@ -55,6 +54,7 @@ from lethe_client.models import (
     SignedReceipt,
     Tier,
     Version,
+    verify_receipt,
 )
 
 T = TypeVar("T")
@@ -171,7 +171,7 @@ class Config:
 
     def http_options(self) -> dict[str, Any]:
         """Keyword arguments of ``httpx.Client`` / ``httpx.AsyncClient``."""
-        from lethe_client import __version__
+        from lethe_client._version import __version__
 
         headers = {"User-Agent": f"lethe-client/{__version__}", "Accept": "application/json"}
         if self.api_key:
@@ -283,24 +283,6 @@ def version_ref(version: int | str) -> str:
 
 def new_idempotency_key() -> str:
     return f"lethe-client-{uuid.uuid4()}"
-
-
-def verify_receipt(
-    raw: bytes, key: ReceiptKey | str | bytes, *, allow_reformatted: bool = False
-) -> dict[str, Any]:
-    """``unlearning_core.receipts.verify`` with the key in any form the service hands out;
-    :class:`ReceiptInvalid` naming the problem."""
-    try:
-        from unlearning_core.receipts import ReceiptError, load_public_key, verify
-    except ImportError as exc:  # pragma: no cover - the client ships with the lethe package
-        raise ReceiptInvalid(
-            f"offline verification needs the lethe package's unlearning_core ({exc})"
-        ) from None
-    material: str | bytes = key.public_key if isinstance(key, ReceiptKey) else key
-    try:
-        return verify(raw, load_public_key(material), allow_reformatted=allow_reformatted)
-    except ReceiptError as exc:
-        raise ReceiptInvalid(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,10 +23,7 @@ other 4xx                         :class:`LetheError`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from lethe_client.models import RequestStatus
+from typing import Any
 
 
 class LetheError(Exception):
@@ -133,7 +130,7 @@ class RequestFailed(LetheError):
     """:meth:`Client.wait` saw the request end without the asked tier: ``failed``,
     ``denied`` or ``cancelled``. ``status`` is the request's last status."""
 
-    def __init__(self, detail: str, *, status: RequestStatus, **kwargs: Any) -> None:
+    def __init__(self, detail: str, *, status: Any, **kwargs: Any) -> None:  # a models.RequestStatus
         super().__init__(detail, **kwargs)
         self.status = status
 
@@ -141,7 +138,7 @@ class RequestFailed(LetheError):
 class WaitTimeout(LetheError):
     """:meth:`Client.wait` ran out of time; ``status`` is the last status seen."""
 
-    def __init__(self, detail: str, *, status: RequestStatus | None, **kwargs: Any) -> None:
+    def __init__(self, detail: str, *, status: Any, **kwargs: Any) -> None:  # models.RequestStatus or None
         super().__init__(detail, **kwargs)
         self.status = status
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lethe_client.errors import ReceiptInvalid
+
 #: The tiers :meth:`lethe_client.Client.wait` waits for.
 Tier = Literal["approximate", "exact"]
 TIERS: tuple[Tier, ...] = ("approximate", "exact")
@@ -215,8 +217,6 @@ class SignedReceipt:
         service's public key (a :class:`ReceiptKey`, PEM, the JSON of ``GET /receipt-key``
         or the base64 raw key); returns the receipt or raises
         :class:`lethe_client.ReceiptInvalid` naming the problem."""
-        from lethe_client._core import verify_receipt
-
         return verify_receipt(self.raw, key, allow_reformatted=allow_reformatted)
 
     def save(self, path: str | Path) -> Path:
@@ -287,3 +287,21 @@ class Report:
         target = Path(path)
         target.write_bytes(self.content)
         return target
+
+
+def verify_receipt(
+    raw: bytes, key: ReceiptKey | str | bytes, *, allow_reformatted: bool = False
+) -> dict[str, Any]:
+    """``unlearning_core.receipts.verify`` with the key in any form the service hands out;
+    :class:`ReceiptInvalid` naming the problem."""
+    try:
+        from unlearning_core.receipts import ReceiptError, load_public_key, verify
+    except ImportError as exc:  # pragma: no cover - the client ships with the lethe package
+        raise ReceiptInvalid(
+            f"offline verification needs the lethe package's unlearning_core ({exc})"
+        ) from None
+    material: str | bytes = key.public_key if isinstance(key, ReceiptKey) else key
+    try:
+        return verify(raw, load_public_key(material), allow_reformatted=allow_reformatted)
+    except ReceiptError as exc:
+        raise ReceiptInvalid(str(exc)) from None

@@ -1,4 +1,4 @@
-"""The import layering of DESIGN.md, checked from the source: ``worker -> api ->
+"""The import layering of DESIGN.md, checked from the source: ``worker -> api -> lethe_client ->
 unlearning_core``, and no import circles anywhere in the three packages.
 
 Every ``import`` counts, at module level or inside a function (a function-level import is
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("unlearning_core", "api", "worker")  # lowest layer first
+PACKAGES = ("unlearning_core", "lethe_client", "api", "worker")  # lowest layer first
 #: ``lethe serve`` runs the embedded worker and ``lethe worker`` a Celery worker: the
 #: process entry points, which sit above every layer.
 ENTRY_POINTS = frozenset({("api.serve", "worker.embedded"), ("api.cli", "worker.main")})
