@@ -127,7 +127,8 @@ def audit_residuals(as_json: Annotated[bool, typer.Option("--json")] = False) ->
         sys.stdout.write(json.dumps({"count": len(found), "residuals": found}) + "\n")
     else:
         for r in found:
-            sys.stdout.write(f"{r['kind']}\t{r['model']}\t{r['key']}\n")
+            owner = r.get("model") or f"dataset {r.get('dataset')}"
+            sys.stdout.write(f"{r['kind']}\t{r.get('tenant')}/{owner}\t{r['key']}\n")
     raise typer.Exit(1 if found else 0)
 
 

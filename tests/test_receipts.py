@@ -197,7 +197,9 @@ async def test_the_receipt_grows_to_exact_after_a_compaction(client, api_keys, d
     deleted = {b["key"] for b in purged["blobs_deleted"]}
     assert any("/updates/" in k for k in deleted) and "runs/celery-small/run.json" in deleted
     assert all(b["sha256"] and b["bytes"] > 0 for b in purged["blobs_deleted"])
-    assert purged["stage"] == "exact" and "The purge deleted" in purged["statement"]
+    # nothing of the request is left for the purge (a built-in dataset: its owner's data)
+    assert purged["stage"] == "purged" and "The purge deleted" in purged["statement"]
+    assert purged["purge"]["complete"] and purged["purge"]["remaining"] == []
     assert "never trained on the samples" in after["statement"]
     assert len(after["audit"]["events"]) >= len(before["audit"]["events"])
     assert after["audit"]["chain_head"]["seq"] > before["audit"]["chain_head"]["seq"]
@@ -315,3 +317,89 @@ def test_every_single_byte_change_of_a_small_receipt_fails() -> None:
                 receipts.verify(changed, public)
     with pytest.raises(receipts.ReceiptError, match="repeats the key"):
         receipts.verify(document.replace(b'{"receipt":{', b'{"receipt":{"e":{},', 1), public)
+
+
+class StopsAfter:
+    """The model's real store, except that once ``deletes`` deletions went through every
+    further one fails as an unreachable store does: a purge sweep interrupted half-way."""
+
+    def __init__(self, store: Any, deletes: int) -> None:
+        self._store = store
+        self.left = deletes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def delete(self, key: str) -> None:
+        from unlearning_core.errors import BlobStoreUnavailableError
+
+        if self.left <= 0:
+            raise BlobStoreUnavailableError(f"injected: the store went away before {key}")
+        self.left -= 1
+        self._store.delete(key)
+
+
+async def test_a_receipt_mid_purge_shows_what_went_and_is_purged_once_the_sweep_is_done(
+    client, api_keys, db_session, partial_model, tmp_path, lethe_main
+) -> None:
+    from api.purge.deletion import RetryPolicy
+    from api.purge.models import PurgedBlob
+    from api.purge.service import sweep
+    from api.registry import service as registry
+    from api.registry.models import VersionWithdrawal
+
+    store = partial_model
+    rid = file_now(subject(1), "m")
+    assert work(store) == 1
+    run = compaction.request_compaction(
+        db=db_session, model=db_session.scalar(select(Model).where(Model.name == "m")),
+        trigger=Trigger.MANUAL, actor="test",
+    )
+    db_session.commit()
+    assert train_claimed(run.id, store)
+    db_session.execute(VersionWithdrawal.__table__.update().values(effective_at=utcnow()))
+    db_session.commit()
+    served = await served_key(client)
+    public = receipts.load_public_key(served["public_key"])
+
+    def recorded() -> list[PurgedBlob]:
+        db_session.expire_all()
+        return list(db_session.scalars(select(PurgedBlob).order_by(PurgedBlob.deleted_at, PurgedBlob.id)))
+
+    # A sweep that stops after five deletions: the receipt says exact, lists those five.
+    assert sweep(
+        session_factory=get_sessionmaker(), retry=RetryPolicy(attempts=1),
+        store_of=lambda db, model: StopsAfter(registry.store_of(db=db, model=model), 5),
+    ) == 5
+    mid = receipts.verify(await fetch_receipt(client, api_keys["requester"], rid), public)
+    so_far = recorded()
+    assert len(so_far) == 5
+    assert mid["stage"] == "exact"
+    assert sorted(b["key"] for b in mid["blobs_deleted"]) == sorted(r.key for r in so_far)
+    assert all(not store.exists(b["key"]) for b in mid["blobs_deleted"])
+    assert mid["purge"]["complete"] is False and mid["purge"]["completed_at"] is None
+    left = mid["purge"]["remaining"]
+    assert left and not {x["key"] for x in left} & {r.key for r in so_far}
+    assert {x["kind"] for x in left} >= {"replaced-lineage"}
+    assert "purge.remaining" in mid["statement"]
+
+    # The next sweep finishes: purged, every deletion listed, and it verifies offline.
+    assert sweep(session_factory=get_sessionmaker()) > 0
+    document = await fetch_receipt(client, api_keys["requester"], rid)
+    done = receipts.verify(document, public)
+    SignedReceipt.model_validate_json(document)
+    assert done["stage"] == "purged" and done["status"] == "completed"
+    assert done["purge"]["complete"] and done["purge"]["remaining"] == []
+    everything = recorded()
+    assert sorted(b["key"] for b in done["blobs_deleted"]) == sorted(r.key for r in everything)
+    assert datetime.fromisoformat(done["purge"]["completed_at"]) == max(r.deleted_at for r in everything)
+    assert "(purged)" in done["statement"] and "owner's duty" in done["statement"]
+    [data] = done["data"]
+    assert data["kind"] == "built-in" and data["owner_duty"] and not data["raw_data_deleted"]
+    assert len(data["sample_ids"]) == 10
+    path = tmp_path / "purged.json"
+    path.write_bytes(document)
+    pem = tmp_path / "receipt-key.pem"
+    pem.write_text(served["pem"])
+    ok = lethe_main("receipt", "verify", str(path), "--key", str(pem))
+    assert ok.returncode == 0 and "stage purged" in ok.stdout, ok.stderr

@@ -450,3 +450,74 @@ def test_s3_multipart_upload_keeps_sha256(s3_store: S3BlobStore) -> None:
     ref = s3_store.put("large.safetensors", data)
     assert s3_store.stat("large.safetensors") == ref
     assert b"".join(s3_store.iter_chunks(ref.key, expected_sha256=ref.sha256)) == data
+
+
+def object_versions(store: S3BlobStore, key: str) -> list[tuple[str, bool]]:
+    """(version id, is a delete marker) of every version of exactly ``key`` in the bucket."""
+    name = store.object_name(key)
+    return [
+        (obj.version_id, bool(obj.is_delete_marker))
+        for obj in store.client.list_objects(store.bucket, prefix=name, recursive=True, include_version=True)
+        if obj.object_name == name
+    ]
+
+
+def drop_versioned_bucket(store: S3BlobStore) -> None:
+    """Remove every version and delete marker, then the bucket (a versioned bucket keeps
+    them after a plain delete, and refuses to go while any is left). Best effort: a bucket
+    left behind only costs the test server's memory."""
+    import contextlib
+
+    client = store.client
+    with contextlib.suppress(Exception):  # moto 5.2 fails some removals after a suspension
+        for obj in list(client.list_objects(store.bucket, recursive=True, include_version=True)):
+            client.remove_object(store.bucket, obj.object_name, version_id=obj.version_id)
+        client.remove_bucket(store.bucket)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("state", ["Enabled", "Suspended"])
+def test_s3_delete_on_a_versioned_bucket_leaves_no_version(
+    s3_settings: S3Settings, state: str
+) -> None:
+    """A plain DELETE on a versioned bucket only hides the key behind a delete marker; the
+    store's delete removes every version and marker of exactly that key (suspended
+    versioning keeps the versions written before, so it counts as versioned too)."""
+    import uuid
+
+    from minio.versioningconfig import ENABLED, SUSPENDED, VersioningConfig
+
+    store = S3BlobStore(f"lethe-test-{uuid.uuid4().hex[:20]}", "blobs", s3_settings)
+    try:
+        store.put("seed", b"creates the bucket")
+        store.client.set_bucket_versioning(store.bucket, VersioningConfig(ENABLED))
+        for i in range(3):
+            store.put("runs/r/updates/k", f"version {i}".encode())
+        if state == "Enabled":  # moto 5.2 cannot remove a delete marker once suspended
+            store.client.remove_object(store.bucket, store.object_name("runs/r/updates/k"))
+        store.put("runs/r/updates/k", b"current")
+        store.put("runs/r/updates/k2", b"a sibling sharing the prefix")
+        if state == "Suspended":
+            store.client.set_bucket_versioning(store.bucket, VersioningConfig(SUSPENDED))
+        versions = object_versions(store, "runs/r/updates/k")
+        assert len(versions) == (5 if state == "Enabled" else 4)
+        assert any(marker for _, marker in versions) == (state == "Enabled")
+
+        assert store.bucket_versioned()
+        store.delete("runs/r/updates/k")
+        assert object_versions(store, "runs/r/updates/k") == []
+        assert not store.exists("runs/r/updates/k")
+        assert store.get("runs/r/updates/k2") == b"a sibling sharing the prefix"
+        assert len(object_versions(store, "runs/r/updates/k2")) == 1
+        store.delete("runs/r/updates/k")  # idempotent
+        store.delete("never/written")
+    finally:
+        drop_versioned_bucket(store)
+
+
+@pytest.mark.s3
+def test_s3_delete_on_an_unversioned_bucket_is_one_delete(s3_store: S3BlobStore) -> None:
+    s3_store.put("k", b"x")
+    assert not s3_store.bucket_versioned()
+    s3_store.delete("k")
+    assert object_versions(s3_store, "k") == [] and not s3_store.exists("k")

@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -420,3 +421,23 @@ def tombstone(
             )
             erased += int(result.rowcount or 0)  # type: ignore[attr-defined]
     return erased
+
+
+def record_upload_rewrite(
+    *, dataset: Dataset, sha256: str, size: int, erased_samples: int, at: datetime
+) -> dict[str, Any]:
+    """Record in the caller's transaction that ``dataset``'s uploaded file was rewritten
+    (the purge blanked erased samples): its new sha256 and size, what was received first,
+    and how many samples it no longer holds. Returns the new ``info["upload"]``."""
+    upload = dict((dataset.info or {}).get("upload") or {})
+    upload.setdefault("received_sha256", upload.get("sha256"))
+    upload.setdefault("received_size", upload.get("size"))
+    upload.update(
+        sha256=sha256,
+        size=size,
+        erased_samples=erased_samples,
+        rewrites=int(upload.get("rewrites") or 0) + 1,
+        rewritten_at=at.isoformat(),
+    )
+    dataset.info = {**(dataset.info or {}), "upload": upload}
+    return upload

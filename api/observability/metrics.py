@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     Histogram,
     generate_latest,
 )
@@ -69,6 +70,18 @@ COMPACTION_DURATION = Histogram(
 )
 
 
+PURGE_FAILURES = Counter(
+    "lethe_purge_failures",
+    "Deletions the purge sweep gave up on after retrying, by purge reason (retried next round)",
+    ("reason",),
+    registry=PROCESS_REGISTRY,
+)
+
+
+def count_purge_failure(*, reason: str) -> None:
+    PURGE_FAILURES.labels(reason=reason).inc()
+
+
 def observe_compaction(*, outcome: str, seconds: float) -> None:
     COMPACTION_DURATION.labels(outcome=outcome).observe(seconds)
 
@@ -95,12 +108,12 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         from sqlalchemy import func, select
 
+        from api.compaction.service import requests_awaiting_exact
         from api.database.core import get_sessionmaker, utcnow
         from api.erasure import states
         from api.erasure.models import ErasureRequest, RequestJob
-        from api.erasure.states import JobStatus, RequestStatus
-        from api.compaction.service import requests_awaiting_exact
         from api.erasure.service import overdue_clause
+        from api.erasure.states import JobStatus, RequestStatus
         from api.registry.models import RunKind, TrainingRun
 
         up = GaugeMetricFamily("lethe_metrics_database_up", "1 if the state gauges could be read")

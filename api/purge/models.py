@@ -13,7 +13,9 @@ from api.database.core import Base, UTCDateTime, utcnow
 class PurgedBlob(Base):
     """A blob deleted because it held erased data (``reason``: ``subtracted-step``,
     ``withdrawn-version``, ``replaced-lineage``, ``superseded-checkpoint``); its key and
-    sha256 stay as evidence."""
+    sha256 stay as evidence. An upload rewritten without erased samples belongs to a dataset,
+    not a model: its old and new sha256 are in the dataset row and the ``upload.rewritten``
+    audit event (:mod:`api.purge.uploads`)."""
 
     __tablename__ = "purged_blobs"
     __table_args__ = (

@@ -11,15 +11,20 @@ and list, with its key:
 - ``subtracted-step-update``: the recorded update of a subtracted step, still stored;
 - ``replaced-lineage``: a lineage replaced by a compaction, all of its versions withdrawn
   in force, still stored (its ``run.json``);
-- ``superseded-checkpoint``: a SISA slice checkpoint the ledger no longer references.
+- ``superseded-checkpoint``: a SISA slice checkpoint the ledger no longer references;
+- ``erased-sample-data``: a manifest uploaded to Lethe that still holds the image of an
+  erased sample nothing needs any more (its ``key`` is the file's path, ``dataset`` and
+  ``samples`` say whose and how many), or whose bytes are not what Lethe recorded.
 
-After a purge sweep the list is empty. Not scanned yet: erased samples inside uploaded
-datasets (the purge does not remove those either).
+After a purge sweep the list is empty: each kind is what the sweep deletes past its grace
+(a withdrawal in force; for an upload, no open job or training of the dataset's models).
+A delete that failed leaves its blob listed until a later sweep succeeds.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -28,8 +33,10 @@ from sqlalchemy.orm import Session
 from api.compaction import service as compaction
 from api.compaction.policy import policy_of
 from api.database.core import utcnow
+from api.datasets.models import Dataset
 from api.erasure.models import RequestJob
 from api.jobs.states import JobState
+from api.purge import redact, uploads
 from api.purge.service import plan
 from api.registry import service as registry
 from api.registry.models import Model, ModelVersion, VersionWithdrawal
@@ -40,15 +47,22 @@ KIND_OF_REASON = {
     "subtracted-step": "subtracted-step-update",
     "replaced-lineage": "replaced-lineage",
     "superseded-checkpoint": "superseded-checkpoint",
+    uploads.REASON: "erased-sample-data",
 }
 
 
-def scan(*, db: Session, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Every residual of every model (see the module doc), oldest model first."""
+def scan(*, db: Session, now: datetime | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Every residual of every model and upload (see the module doc), oldest model first;
+    with ``tenant``, of that tenant's only (the HTTP route: an admin sees its tenant's)."""
     now = now or utcnow()
     found: list[dict[str, Any]] = []
-    for model in db.scalars(select(Model).order_by(Model.id)):
+    models = select(Model).order_by(Model.id)
+    uploaded = select(Dataset).order_by(Dataset.id)
+    if tenant is not None:
+        models, uploaded = models.where(Model.tenant == tenant), uploaded.where(Dataset.tenant == tenant)
+    for model in db.scalars(models):
         store = registry.store_of(db=db, model=model)
+        first = len(found)
         found.extend(_unwithdrawn(db, model))
         for d in plan(db=db, model=model, store=store, now=now, for_deletion=False):
             if d.reason == "replaced-lineage" and not d.key.endswith("/run.json"):
@@ -59,7 +73,28 @@ def scan(*, db: Session, now: datetime | None = None) -> list[dict[str, Any]]:
                      "version": d.version, "run_id": d.run_id}
                 )
         found.extend(_overdue_reference(db, model, store, now))
+        for row in found[first:]:
+            row["tenant"] = model.tenant  # model names are unique within a tenant only
+    for dataset in db.scalars(uploaded):
+        if uploads.upload_info(dataset) is not None:
+            found.extend({**row, "tenant": dataset.tenant} for row in _upload(db, dataset))
     return found
+
+
+def _upload(db: Session, dataset: Dataset) -> list[dict[str, Any]]:
+    """The upload if it holds erased samples the purge may remove now, or if its bytes are
+    not the ones Lethe recorded (then nothing can be said of what it holds)."""
+    row = {"kind": "erased-sample-data", "model": None, "key": dataset.source, "version": None,
+           "run_id": None, "dataset": dataset.name}
+    recorded = (uploads.upload_info(dataset) or {}).get("sha256")
+    try:
+        sha256, _size = redact.file_sha256(Path(dataset.source))
+        todo = uploads.plan(db=db, dataset=dataset)
+    except OSError as exc:
+        return [{**row, "error": f"cannot read the upload: {exc}"}]
+    if sha256 != recorded:
+        return [{**row, "error": f"sha256 {sha256}, not the {recorded} Lethe recorded"}]
+    return [{**row, "samples": len(todo.pending)}] if todo.pending else []
 
 
 def _unwithdrawn(db: Session, model: Model) -> list[dict[str, Any]]:

@@ -14,8 +14,8 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 @router.get(
     "/residuals",
-    summary="What still holds an erased subject past its deadline (empty after a purge)",
+    summary="What of your tenant still holds an erased subject past its deadline (empty after a purge)",
 )
-def residuals(_: AdminDep, db: DbDep) -> dict[str, Any]:
-    found = scan(db=db)
+def residuals(principal: AdminDep, db: DbDep) -> dict[str, Any]:
+    found = scan(db=db, tenant=principal.tenant)
     return {"count": len(found), "residuals": found}

@@ -26,8 +26,10 @@ class Stage(StrEnum):
     APPROXIMATE = "approximate"
     #: Every target model publishes a version never trained on the samples.
     EXACT = "exact"
-    #: Exact, and the blobs and stored data that held the subject are deleted. Only a purge
-    #: record moves a receipt here; Lethe has no purge yet, so no receipt is ``purged``.
+    #: Exact, and nothing Lethe stores of the request is left for the purge to delete: the
+    #: older versions' weights and reports, the subtracted steps' updates, the replaced
+    #: lineages, superseded SISA checkpoints, the samples inside uploads
+    #: (:mod:`api.purge.account`; ``purge.remaining`` is empty).
     PURGED = "purged"
 
 
@@ -86,10 +88,38 @@ class BlobDeleted(BaseModel):
     bytes: int
 
 
-class PurgeRecord(BaseModel):
-    """What a purge of the request's blobs and data did (none exists yet)."""
+class PurgeLeft(BaseModel):
+    """Something that held the request's data and that the purge has not deleted yet."""
 
-    completed_at: datetime
+    kind: str = Field(description="what it is, as the purge names it: withdrawn-version, subtracted-step, "
+                      "replaced-lineage, superseded-checkpoint, erased-sample-data")
+    where: str = Field(description="the model or dataset")
+    key: str = Field(description="the blob key, key prefix or stored file")
+    detail: str = Field(description="why it is still there")
+
+
+class UploadRewrite(BaseModel):
+    """An uploaded manifest rewritten by the purge without the images of erased samples,
+    some of them the request's (the file keeps its path; its old bytes are gone)."""
+
+    dataset: str
+    sha256_before: str
+    bytes_before: int
+    sha256_after: str
+    bytes_after: int
+    samples_removed: int = Field(description="samples blanked by this rewrite, over every request")
+    rewritten_at: datetime
+
+
+class PurgeRecord(BaseModel):
+    """What the purge did for the request so far, and what it still has to delete."""
+
+    complete: bool = Field(description="nothing of the request is left for the purge (remaining is empty)")
+    completed_at: datetime | None = Field(
+        description="when complete: the time of the last deletion it rests on; null while not complete"
+    )
+    remaining: list[PurgeLeft]
+    uploads_rewritten: list[UploadRewrite]
 
 
 class DataDisposition(BaseModel):
@@ -101,8 +131,13 @@ class DataDisposition(BaseModel):
     )
     samples: int
     tombstoned: int = Field(description="samples marked erased: no later training or compaction uses them")
-    raw_data_deleted: bool = Field(description="whether Lethe deleted the raw samples")
-    owner_duty: bool = Field(description="deleting the raw data is its owner's duty, not Lethe's")
+    raw_data_deleted: bool = Field(
+        description="whether Lethe deleted the raw samples: true once the purge removed them from "
+        "an upload; always false for data Lethe does not own"
+    )
+    owner_duty: bool = Field(
+        description="deleting the raw data is its owner's duty, not Lethe's (built-in and server-path data)"
+    )
     note: str
     sample_ids: list[str]
 
@@ -146,8 +181,12 @@ class Receipt(BaseModel):
     due_at: datetime
     completed_at: datetime | None
     models: list[ModelAnswer]
-    blobs_deleted: list[BlobDeleted] = Field(description="filled by the purge; empty until one exists")
-    purge: PurgeRecord | None = Field(description="the purge's record; null: nothing purged")
+    blobs_deleted: list[BlobDeleted] = Field(
+        description="each blob the purge deleted that held the request's data (recorded deletions only)"
+    )
+    purge: PurgeRecord | None = Field(
+        description="the purge's record for the request; null while it has deleted nothing of it"
+    )
     data: list[DataDisposition]
     audit: AuditSection
     issued_at: datetime

@@ -3,11 +3,13 @@
 Nothing is stored: every request is answered with a receipt computed afresh, so it grows as
 the tiers complete (``received`` -> ``approximate`` -> ``exact`` -> ``purged``) and always
 says which stage it reflects. It claims only what the data shows: ``blobs_deleted`` lists
-what the purge sweep (:mod:`api.purge.service`) deleted that held the request's data
-(updates of the steps its jobs subtracted, withdrawn versions, replaced lineages). The
-``purged`` stage, which needs a per-request account of everything left (SISA checkpoints,
-uploaded data are not purged yet), is not reached yet; the raw data is reported as left
-to its owner.
+the recorded deletions of the purge sweep (:mod:`api.purge.service`) of blobs that held the
+request's data (updates of the steps its jobs subtracted, older versions, replaced
+lineages, SISA checkpoints), and ``purge`` what is left of it (:mod:`api.purge.account`).
+``purged`` is reached when the request is exact and nothing is left; a sweep that was
+interrupted or failed leaves the receipt at ``exact`` with the blobs deleted so far and
+the rest in ``purge.remaining``. Raw data: an upload's samples are Lethe's to remove (the
+purge does); data Lethe does not own is its owner's to delete, and the receipt lists it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from api.database.core import utcnow
 from api.datasets.models import Dataset, Sample
 from api.erasure.models import ErasureRequest, RequestJob
 from api.erasure.states import JobStatus, RequestStatus
+from api.purge import account as purge_account
+from api.purge import service as purge
 from api.receipts import keys
 from api.receipts.schemas import (
     AuditEntry,
@@ -33,14 +37,15 @@ from api.receipts.schemas import (
     DataDisposition,
     JobAnswer,
     ModelAnswer,
+    PurgeLeft,
     PurgeRecord,
     Receipt,
     ReceiptKey,
     Stage,
+    UploadRewrite,
     VersionRef,
     WithdrawnVersion,
 )
-from api.purge import service as purge
 from api.registry import withdrawal
 from api.registry.models import Model, ModelVersion
 from unlearning_core import receipts
@@ -89,9 +94,11 @@ def build(*, db: Session, request: ErasureRequest, now: datetime | None = None) 
     ]
     jobs = [job for job, _ in rows]
     models = _models(db, rows, now)
-    data = _data(db, rows)
-    purge, blobs = purge_record(db=db, request=request, model_ids=sorted({j.model_id for j in jobs}))
-    stage = _stage(request, jobs, purge)
+    answered = _stage(request, jobs) != Stage.RECEIVED
+    left = purge_account.account(db=db, request_id=request.id, jobs=jobs, now=now) if answered else None
+    data = _data(db, rows, left)
+    record, blobs = purge_record(db=db, request=request, model_ids=sorted({j.model_id for j in jobs}), left=left)
+    stage = _stage(request, jobs, record)
     return Receipt(
         request_id=request.id,
         tenant=request.tenant,
@@ -100,13 +107,13 @@ def build(*, db: Session, request: ErasureRequest, now: datetime | None = None) 
         samples=sum(d.samples for d in data),
         status=RequestStatus(request.status),
         stage=stage,
-        statement=_statement(request, stage, jobs, models, data, blobs),
+        statement=_statement(request, stage, jobs, models, data, blobs, record),
         received_at=request.received_at,
         due_at=request.due_at,
         completed_at=request.completed_at,
         models=models,
         blobs_deleted=blobs,
-        purge=purge,
+        purge=record,
         data=data,
         audit=_audit(db, request),
         issued_at=now,
@@ -114,13 +121,33 @@ def build(*, db: Session, request: ErasureRequest, now: datetime | None = None) 
 
 
 def purge_record(
-    *, db: Session, request: ErasureRequest, model_ids: list[int]
+    *, db: Session, request: ErasureRequest, model_ids: list[int], left: purge_account.Account | None = None
 ) -> tuple[PurgeRecord | None, list[BlobDeleted]]:
     """Each blob the purge deleted that held the request's data (key, sha256, bytes), from
-    its records. No purge record yet: the purge does not account per request for what is
-    left (SISA checkpoints, uploaded data), so no receipt claims ``purged``."""
+    its records: those naming the request, and those ``left`` (its account, once answered)
+    rests on. The record: null while nothing was deleted for it and something is left."""
     rows = purge.deleted_for(db=db, request_id=request.id, model_ids=model_ids)
-    return None, [BlobDeleted(key=r.key, sha256=r.sha256 or "", bytes=r.size or 0) for r in rows]
+    keys = {(r.store_url, r.key) for r in rows}
+    if left is not None:
+        rows += [r for r in left.deleted if (r.store_url, r.key) not in keys]
+    rows.sort(key=lambda r: (r.deleted_at, r.id))
+    blobs = [BlobDeleted(key=r.key, sha256=r.sha256 or "", bytes=r.size or 0) for r in rows]
+    if left is None or not (blobs or left.rewrites or left.complete):
+        return None, blobs
+    record = PurgeRecord(
+        complete=left.complete,
+        completed_at=left.completed_at() if left.complete else None,
+        remaining=[PurgeLeft(kind=x.kind, where=x.where, key=x.key, detail=x.detail) for x in left.left],
+        uploads_rewritten=[
+            UploadRewrite(
+                dataset=w["dataset"], sha256_before=w["from_sha256"], bytes_before=w["from_size"],
+                sha256_after=w["to_sha256"], bytes_after=w["to_size"], samples_removed=w["samples"],
+                rewritten_at=w["rewritten_at"],
+            )
+            for w in left.rewrites
+        ],
+    )
+    return record, blobs
 
 
 def _active(jobs: Sequence[RequestJob]) -> list[RequestJob]:
@@ -131,10 +158,11 @@ def _answered(job: RequestJob) -> bool:
     return job.version_id is not None or job.exact_at is not None
 
 
-def _stage(request: ErasureRequest, jobs: Sequence[RequestJob], purge: PurgeRecord | None) -> Stage:
+def _stage(request: ErasureRequest, jobs: Sequence[RequestJob], purge: PurgeRecord | None = None) -> Stage:
     """From the data: ``approximate`` once the request completed and every job not
     cancelled has a version answering it, ``exact`` once every such job is exact (the
-    ``exact`` of the request's status), ``purged`` only on top of exact with a purge record.
+    ``exact`` of the request's status), ``purged`` on top of exact once the purge record is
+    complete (nothing of the request left to delete).
 
     A completed request whose erasure is being applied again on a compaction's new lineage
     (a queued job with ``reapplies_job_id``) is back at ``received``: that lineage's
@@ -145,7 +173,7 @@ def _stage(request: ErasureRequest, jobs: Sequence[RequestJob], purge: PurgeReco
         return Stage.RECEIVED
     if any(j.exact_at is None for j in active):
         return Stage.APPROXIMATE
-    return Stage.PURGED if purge is not None else Stage.EXACT
+    return Stage.PURGED if purge is not None and purge.complete else Stage.EXACT
 
 
 def _ref(version: ModelVersion | None) -> VersionRef | None:
@@ -257,27 +285,35 @@ def _kind(dataset: Dataset) -> str:
     return "server-path"
 
 
-#: What happens to the raw data, per kind of dataset (no purge exists yet: nothing of it is
-#: deleted by Lethe, and the receipt says so).
+#: What happens to the raw data, per kind of dataset.
 NOTES = {
     "built-in": (
         "A built-in dataset that Lethe reads from its source and does not own: Lethe deleted "
-        "no raw data; deleting these samples at the source is the owner's duty."
+        "none of its raw data and never will; deleting these samples (sample_ids) at the source "
+        "is the owner's duty."
     ),
     "server-path": (
-        "A dataset Lethe reads from a path on the server and does not own: Lethe deleted no "
-        "raw data; deleting these samples there is the owner's duty."
+        "A dataset Lethe reads from a path on the server and does not own: Lethe deleted none "
+        "of its raw data and never will; deleting these samples (sample_ids) there is the "
+        "owner's duty."
     ),
     "upload": (
-        "A manifest uploaded to Lethe: Lethe still keeps the uploaded file whole, these "
-        "samples included. Removing them from it is the job of the purge, which Lethe does "
-        "not have yet; until then deleting the raw data (the stored upload and every other "
-        "copy) is the owner's duty."
+        "A manifest uploaded to Lethe: Lethe still keeps these samples' images in the stored "
+        "upload; the purge removes them once no open job or training of the dataset's models "
+        "needs them. Copies kept outside Lethe are their holder's to delete."
+    ),
+    "upload-removed": (
+        "A manifest uploaded to Lethe: the purge overwrote these samples' images in the stored "
+        "upload with zeros (purge.uploads_rewritten: the file's sha256 before and after); each "
+        "sample's id, label and subject id stay, as in Lethe's database, as the tombstone. "
+        "Copies kept outside Lethe are their holder's to delete."
     ),
 }
 
 
-def _data(db: Session, rows: Sequence[tuple[RequestJob, Model]]) -> list[DataDisposition]:
+def _data(
+    db: Session, rows: Sequence[tuple[RequestJob, Model]], left: purge_account.Account | None = None
+) -> list[DataDisposition]:
     """The erased samples per dataset, how many are tombstoned, and who deletes the raw data."""
     wanted: dict[int, list[str]] = {}
     for job, model in rows:
@@ -300,7 +336,8 @@ def _data(db: Session, rows: Sequence[tuple[RequestJob, Model]]) -> list[DataDis
             or 0
         )
         kind = _kind(dataset)
-        note = NOTES[kind]
+        deleted = kind == "upload" and left is not None and left.uploads_done.get(dataset_id, False)
+        note = NOTES["upload-removed" if deleted else kind]
         if tombstoned:
             note += " The tombstoned samples are left out of every later training and compaction."
         out.append(
@@ -309,8 +346,8 @@ def _data(db: Session, rows: Sequence[tuple[RequestJob, Model]]) -> list[DataDis
                 kind=kind,  # type: ignore[arg-type]
                 samples=len(sample_ids),
                 tombstoned=tombstoned,
-                raw_data_deleted=False,
-                owner_duty=True,
+                raw_data_deleted=deleted,
+                owner_duty=kind != "upload",
                 note=note,
                 sample_ids=sample_ids,
             )
@@ -350,6 +387,7 @@ def _statement(
     models: Sequence[ModelAnswer],
     data: Sequence[DataDisposition],
     blobs: Sequence[BlobDeleted] = (),
+    purge: PurgeRecord | None = None,
 ) -> str:
     """The receipt in words: what the stage means here and what has not happened yet."""
     status = RequestStatus(request.status)
@@ -392,8 +430,15 @@ def _statement(
                 f"trained on them (the exact tier) is due by {request.due_at.isoformat()} at the latest."
             )
         ]
-    else:
+    elif stage == Stage.EXACT:
         parts = ["Every target model publishes a version never trained on the samples (exact)."]
+    else:
+        parts = [
+            (
+                "Every target model publishes a version never trained on the samples (exact), and "
+                "nothing Lethe stores of them is left for the purge to delete (purged)."
+            )
+        ]
     if any(m.versions_withdrawn for m in models):
         parts.append(
             "Older versions that held the data are withdrawn: from their effective_at their "
@@ -401,13 +446,26 @@ def _statement(
         )
     if any(m.versions_not_withdrawn for m in models):
         parts.append("Some older versions are not withdrawn (versions_not_withdrawn) and are still served.")
-    if blobs:
+    if blobs and stage == Stage.PURGED:
+        parts.append(f"The purge deleted {len(blobs)} stored blob(s) that held the data (blobs_deleted).")
+    elif blobs:
         parts.append(
             f"The purge deleted {len(blobs)} stored blob(s) that held the data (blobs_deleted); "
             "it goes on as withdrawals come into force and compactions replace lineages."
         )
     else:
         parts.append("No stored blob holding the data has been deleted yet (blobs_deleted is empty).")
-    if data:
-        parts.append("Lethe deleted no raw data: see data for who must delete it.")
+    if purge is not None and purge.remaining:
+        parts.append(f"{len(purge.remaining)} item(s) holding the data are not deleted yet (purge.remaining).")
+    removed = [d.dataset for d in data if d.raw_data_deleted]
+    if removed:
+        parts.append(f"The purge removed the samples from the stored upload of {', '.join(removed)}.")
+    if any(d.kind == "upload" and not d.raw_data_deleted for d in data):
+        parts.append("An upload stored by Lethe still holds some of the samples (data).")
+    owners = [d.dataset for d in data if d.owner_duty]
+    if owners:
+        parts.append(
+            f"Lethe does not own the raw data of {', '.join(owners)}: deleting those samples "
+            "(data[].sample_ids) at their source is the owner's duty."
+        )
     return " ".join(parts)

@@ -56,8 +56,9 @@ def receipt_key() -> ReceiptKey:
 )
 def request_receipt(request: OwnRequest, db: DbDep) -> Response:
     """Any request, whatever its status: `receipt.stage` says how far it got (`received`,
-    `approximate`, `exact`; `blobs_deleted` lists what the purge deleted). Verify it with `GET /receipt-key`
-    or `lethe receipt verify FILE --key KEY`."""
+    `approximate`, `exact`, `purged`); `blobs_deleted` lists what the purge deleted and
+    `purge.remaining` what it has still to delete. Verify it with `GET /receipt-key` or
+    `lethe receipt verify FILE --key KEY`."""
     try:
         body = service.issue(db=db, request=request)
     except SigningKeyError as exc:

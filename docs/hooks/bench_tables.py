@@ -1086,8 +1086,24 @@ def render_erasure_stream(name: str, data: Mapping[str, Any]) -> str:
     return _block(name, data, *parts)
 
 
+def render_upload_purge(name: str, data: Mapping[str, Any]) -> str:
+    """bench/upload_purge.py: blanking erased rows of an upload in place vs dropping them."""
+    checks = ("recorded_runs_reload", "registered_digest_kept", "test_split_kept", "subjects_kept", "erased_pixels_gone")
+    rows = [
+        [c.get("variant"), c.get("format"), _num(c.get("erased")), secs(c.get("seconds")),
+         _num(c.get("bytes_before")), _num(c.get("bytes_after")),
+         ", ".join(k for k in checks if c.get(k) is False) or "none"]
+        for c in data.get("cases", [])
+    ]
+    return _block(
+        name, data,
+        table(["variant", "format", "erased", "file work (s)", "bytes before", "bytes after", "breaks"], rows),
+    )
+
+
 RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], str]] = {
     "affected_batches": render_affected_batches,
+    "upload_purge": render_upload_purge,
     "amnesiac_fashion": render_amnesiac_fashion,
     "api_load": render_api_load,
     "class_forgetting": render_class_forgetting,

@@ -7,14 +7,21 @@ carries the bytes (not from a separate HEAD that could race an overwrite) and ve
 
 We do not rely on the ETag: it is an MD5 only for single-part uploads, and large weights
 go up in multiple parts.
+
+On a bucket with versioning (enabled, or suspended after having been enabled) a plain
+DELETE only hides the key behind a delete marker: every earlier version stays readable by
+version id. :meth:`S3BlobStore.delete` therefore removes every version and delete marker of
+the key there, so a blob the purge deletes is gone, not just hidden.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -46,6 +53,14 @@ from unlearning_core.store.settings import S3Settings
 
 SHA256_HEADER = "x-amz-meta-sha256"
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject"}
+#: Bucket versioning states in which a key may have earlier versions (``Suspended`` keeps
+#: those written while it was enabled).
+_VERSIONED = {"Enabled", "Suspended"}
+#: How long an answer "not versioned" is trusted before asking again (versioning can be
+#: switched on at any time; once on it can never be switched off, only suspended).
+VERSIONING_RECHECK_S = 60.0
+
+log = logging.getLogger("lethe.store.s3")
 _BUCKET_EXISTS_CODES = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
 
 T = TypeVar("T")
@@ -128,6 +143,8 @@ class S3BlobStore(BlobStore):
             ) from exc
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
+        self._versioned = False
+        self._versioning_checked_at: float | None = None
 
     @property
     def client(self) -> Minio:
@@ -303,9 +320,70 @@ class S3BlobStore(BlobStore):
         return sorted(self._run("list", None, collect))
 
     def delete(self, key: str) -> None:
-        """Remove the object; S3 DELETE of a missing key already succeeds, so idempotent."""
+        """Remove the object: on a versioned bucket every version and delete marker of the
+        key, else one DELETE. Deleting a missing key succeeds
+        either way, so this is idempotent."""
         name = self.object_name(key)
+        if self.bucket_versioned():
+            self._run("delete", key, lambda: self._remove_versions(name))
+            return
         try:
             self._run("delete", key, lambda: self._client.remove_object(self.bucket, name))
         except BlobNotFoundError:
             pass
+
+    def bucket_versioned(self) -> bool:
+        """Whether the bucket keeps object versions (versioning enabled or suspended).
+
+        Asked of the server (``GetBucketVersioning``) at most every
+        :data:`VERSIONING_RECHECK_S` seconds while the answer is no, and never again once it
+        is yes (versioning cannot be switched off). A server that refuses the question
+        (``AccessDenied``: a policy without ``s3:GetBucketVersioning``) is taken as
+        unversioned, with a warning: deletes then leave any earlier versions behind.
+        """
+        if self._versioned:
+            return True
+        checked = self._versioning_checked_at
+        if checked is not None and time.monotonic() - checked < VERSIONING_RECHECK_S:
+            return False
+
+        def ask() -> bool:
+            try:
+                config = self._client.get_bucket_versioning(self.bucket)
+            except S3Error as exc:
+                if exc.code != "AccessDenied":
+                    raise
+                log.warning(
+                    "cannot read the versioning of bucket %s at %s (AccessDenied): deletes "
+                    "remove only the current version; grant s3:GetBucketVersioning",
+                    self.bucket, self.endpoint,
+                )
+                return False
+            return config.status in _VERSIONED
+
+        versioned = self._run("read the versioning of", None, ask)
+        self._versioned = versioned
+        self._versioning_checked_at = time.monotonic()
+        return versioned
+
+    def _remove_versions(self, name: str) -> int:
+        """List the versions of exactly ``name`` (the listing is by prefix) and remove each
+        by its version id; again until none is left, so a version written meanwhile goes
+        too (at most a few rounds: a key the purge deletes is no longer written)."""
+        removed = 0
+        for _round in range(5):
+            versions = [
+                obj.version_id
+                for obj in self._client.list_objects(
+                    self.bucket, prefix=name, recursive=True, include_version=True
+                )
+                if obj.object_name == name
+            ]
+            if not versions:
+                return removed
+            for version_id in versions:
+                self._client.remove_object(self.bucket, name, version_id=version_id)
+            removed += len(versions)
+        raise BlobStoreError(
+            f"cannot delete blob {name!r} in {self.url}: new versions keep appearing"
+        )
