@@ -5,7 +5,17 @@ here. Each method names its options model (:mod:`unlearning_core.methods.options
 optimisation-based methods build on :mod:`unlearning_core.methods.finetune`.
 """
 
-from unlearning_core.methods import amnesiac, label_flip, neg_grad, retrain, sisa  # noqa: F401
+from unlearning_core.methods import (  # noqa: F401
+    amnesiac,
+    l1_sparse,
+    label_flip,
+    neg_grad,
+    neggrad_plus,
+    retrain,
+    salun,
+    scrub,
+    sisa,
+)
 from unlearning_core.methods.base import (
     UnlearnContext,
     UnlearningMethod,

@@ -295,6 +295,11 @@ class FinetunePlan:
     details: dict[str, Any] = field(default_factory=dict)
     #: Figures that need the loop's result (e.g. whether a target was reached).
     finish: Callable[[FinetuneResult], dict[str, Any]] | None = None
+    #: The method's own step count (SCRUB's alternating schedule), else ``tune.steps``.
+    steps: int | None = None
+    #: The method's own optimiser settings (SalUn moves weight decay into its masked
+    #: gradient), else ``tune.optim``.
+    optim: OptimConfig | None = None
 
 
 class FinetuneMethod(UnlearningMethod):
@@ -338,13 +343,14 @@ class FinetuneMethod(UnlearningMethod):
         )
         started = time.perf_counter()
         plan = self.plan(ctx, tune)
+        optim = plan.optim or tune.optim
         result = run_finetune(
             model,
-            optim=tune.optim,
+            optim=optim,
             scales=tune.scales,
             next_batch=plan.next_batch,
             loss=plan.loss,
-            steps=tune.steps,
+            steps=tune.steps if plan.steps is None else plan.steps,
             device=device,
             stop=plan.stop,
             after_backward=plan.after_backward,
@@ -362,7 +368,7 @@ class FinetuneMethod(UnlearningMethod):
             "steps": result.steps,
             **plan.details,
             **(plan.finish(result) if plan.finish is not None else {}),
-            "lr": tune.optim.lr,
+            "lr": optim.lr,
             "diverged": result.diverged,
             "layer_step_scale": tune.scales,
         }
