@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from unlearning_core.artifacts import open_artifact
 from unlearning_core.errors import RunError
 from unlearning_core.runs.ledger import LedgerStore
-from unlearning_core.runs.spec import LineageOrigin
+from unlearning_core.runs.artifact import RecordedRun
+from unlearning_core.runs.spec import DatasetSpec, LineageOrigin
 from unlearning_core.store import BlobStore
 
 
@@ -164,6 +165,31 @@ def compaction_run_id(run_id: str, version: int) -> str:
     return f"{base[:110]}-c{version + 1}"
 
 
+def _retrainable(old: RecordedRun) -> tuple[DatasetSpec, str]:
+    """What Lethe's own loop retrains ``old`` with: its dataset (its own, or the one the
+    service attached at import) and its model. A run recorded from the user's loop is
+    retrained with Lethe's SGD loop from the recorded settings (epochs, batch size, lr,
+    momentum, weight decay) and its factory; one whose loop used another optimizer cannot be
+    reproduced that way, which is an error naming it."""
+    spec = old.spec
+    data_spec = old.dataset_spec()
+    if data_spec is None:
+        raise RunError(
+            f"run {old.run_id!r} names no dataset (recorded from its own loop): import it against a "
+            "registered dataset (POST /models/import) so it can be retrained"
+        )
+    if spec.loop is None:
+        return data_spec, spec.model
+    others = [o for o in spec.loop.optimizers if o.rsplit(".", 1)[-1] != "SGD"]
+    if others:
+        raise RunError(
+            f"run {old.run_id!r} was trained by its own loop with {', '.join(others)}; Lethe retrains with "
+            "SGD and cannot reproduce that training, so it cannot compact this lineage (retrain it "
+            "yourself without the erased samples and import the new run)"
+        )
+    return data_spec, spec.loop.model_factory
+
+
 def compact(
     store: BlobStore,
     *,
@@ -196,13 +222,14 @@ def compact(
             f"run {run_id!r} is a SISA run: every SISA erasure already retrains the shards that "
             "held the data, so its versions are exact and there is nothing to compact"
         )
+    data_spec, model_name = _retrainable(old)
     ledger = old.ledger()
     head = ledger.head.version
     erased = list(ledger.erased_sample_ids) if exclude is None else list(exclude)
     in_run = set(old.sample_table["sample_ids"])
     newly = sorted(s for s in set(erased) if s in in_run)
-    excluded = sorted(set(spec.dataset.exclude_sample_ids) | set(newly))
-    if len(excluded) - len(spec.dataset.exclude_sample_ids) >= len(in_run):
+    excluded = sorted(set(data_spec.exclude_sample_ids) | set(newly))
+    if len(excluded) - len(data_spec.exclude_sample_ids) >= len(in_run):
         raise RunError(f"nothing would be left to train on: every sample of run {run_id!r} is erased")
     target = new_run_id or compaction_run_id(run_id, head)
     origin = LineageOrigin(
@@ -215,8 +242,8 @@ def compact(
     result = pipeline.train(
         store,
         run_id=target,
-        dataset=spec.dataset.model_copy(update={"exclude_sample_ids": excluded}),
-        model=spec.model,
+        dataset=data_spec.model_copy(update={"exclude_sample_ids": excluded}),
+        model=model_name,
         training=spec.training,
         recording=spec.recording,
         device=device,

@@ -166,7 +166,7 @@ def train(
 def unlearn(
     store: StoreOpt,
     run_id: RunIdOpt,
-    method: Annotated[str | None, typer.Option(help="An unlearning method: retrain, sisa, amnesiac, partial-amnesiac, label-flip, neg-grad, ... (`lethe methods` lists them with their options).")] = None,
+    method: Annotated[str | None, typer.Option(help="An unlearning method: retrain, sisa, amnesiac, partial-amnesiac, label-flip, neg-grad, neggrad-plus, scrub, salun, l1-sparse, their partial- variants, ... (`lethe methods` lists them with their options).")] = None,
     compare: Annotated[str | None, typer.Option(help="Comma-separated methods to run side by side from the same trained runs (nothing is published).")] = None,
     sisa_run_id: Annotated[str | None, typer.Option("--sisa-run-id", help="With --compare: the SISA run for the sisa row.")] = None,
     forget_ids: Annotated[Path | None, typer.Option("--forget-ids", help="File with one sample id per line.")] = None,
@@ -180,7 +180,7 @@ def unlearn(
     auto_mia_target: Annotated[float, typer.Option("--auto-mia-target", min=0.0, max=1.0, help="--prune auto, mia_auc: the AUC to stay within 0.02 of (0.5, or the retrained model's).")] = 0.5,
     auto_probes: Annotated[int, typer.Option("--auto-probes", min=2, max=32, help="--prune auto: most candidates evaluated.")] = 8,
     recovery_steps: Annotated[int | None, typer.Option("--recovery-steps", min=0, help="Fine-tune steps on retained data afterwards [default: 0].")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="label-flip / neg-grad: iterations [default: 20].")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="The fine-tuning methods (label-flip, neg-grad, neggrad-plus, scrub, salun, l1-sparse): iterations [default: each method's].")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="label-flip / neg-grad: learning rate [default: the run's].")] = None,
     target_forget_acc: Annotated[float | None, typer.Option("--target-forget-acc", min=0.0, max=1.0, help="neg-grad: stop once forget accuracy is at most this.")] = None,
     mix_retain: Annotated[float | None, typer.Option("--mix-retain", min=0.0, max=0.99, help="label-flip: share of each batch drawn from retained data [default: 0].")] = None,
@@ -238,6 +238,7 @@ def unlearn(
     except OptionError as exc:
         raise typer.BadParameter(str(exc), param_hint=_option_hint(exc.options, flags)) from None
     blob_store = open_store(store)
+    _check_run_data(blob_store, run_id, evaluate=evaluate, compare=compare is not None)
     if compare is not None:
         result = pipeline.compare(
             blob_store, run_id=run_id, sisa_run_id=sisa_run_id and _run_id_ok(sisa_run_id),
@@ -253,6 +254,25 @@ def unlearn(
         device=resolve_device(device), progress=True, evaluate=evaluate, publish=not dry_run,
     )
     _emit(result, as_json, f"{method} on {run_id}")
+
+
+def _check_run_data(blob_store: Any, run_id: str, *, evaluate: bool, compare: bool) -> None:
+    """Refuse, before anything is computed or published, what a run without a dataset
+    cannot do. A run recorded from the user's own training loop (``record_training``)
+    knows its samples by id only: subtracting its recorded updates needs nothing more, but
+    evaluating the result does. Opening the run here also refuses an incomplete one (a
+    loop that crashed) with the error it stopped on."""
+    from unlearning_core.errors import RunError
+    from unlearning_core.runs.artifact import RecordedRun
+
+    run = RecordedRun.open(blob_store, run_id)
+    if run.spec.dataset is not None:
+        return
+    why = f"run {run_id!r} names no dataset (it was recorded from its own training loop), so there is nothing to evaluate on"
+    if compare:
+        raise RunError(f"{why}: --compare evaluates every method; use --method amnesiac or partial-amnesiac with --no-evaluate")
+    if evaluate:
+        raise RunError(f"{why}: pass --no-evaluate")
 
 
 @app.command()

@@ -23,7 +23,6 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from unlearning_core.errors import RunError
-from unlearning_core.vocab import RecordMode
 from unlearning_core.recording.masks import (
     MaskKind,
     magnitude_k,
@@ -31,6 +30,7 @@ from unlearning_core.recording.masks import (
     random_keep,
     random_scores,
 )
+from unlearning_core.vocab import RecordMode
 
 RECORD_MODES: tuple[str, ...] = get_args(RecordMode)
 STORE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}

@@ -86,9 +86,18 @@ class UpdateRecorder:
         after = float_state(self._model)
         with torch.no_grad():
             delta = {k: after[k].detach() - self._before[k] for k in self._before}
+        self._before = None
+        self.stats.stall_seconds += time.perf_counter() - started
+        self.submit(delta, step=step, epoch=epoch, batch=batch)
+
+    def submit(self, delta: dict[str, torch.Tensor], *, step: int, epoch: int, batch: int) -> None:
+        """Encode one step's update (``delta``: the tensors of the run's format, on any
+        device) and hand it to a background writer; used by :meth:`after_step` and by
+        recorders that take their own snapshots (:mod:`unlearning_core.recording.loop`)."""
+        started = time.perf_counter()
+        with torch.no_grad():
             encoded = encode_update(delta, self._fmt, epoch=epoch, batch=batch)
             host = {k: v.to("cpu", non_blocking=False) for k, v in encoded.items()}
-        self._before = None
         self._slots.acquire()
         self._reap(block=False)
         self._pending.append(self._pool.submit(self._write, host, step, epoch, batch))

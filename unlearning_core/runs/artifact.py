@@ -13,9 +13,13 @@ from unlearning_core.data import Dataset
 from unlearning_core.errors import BlobNotFoundError, RunError
 from unlearning_core.models import create_model
 from unlearning_core.recording import UpdateFormat
+from unlearning_core.runs.factory import build_model
+from unlearning_core.runs.attach import attached_dataset, read_attachment
+from unlearning_core.runs.ids_only import UNKNOWN_LABEL, ids_only_dataset
 from unlearning_core.runs.index import StepIndex
 from unlearning_core.runs.ledger import Ledger, LedgerStore
-from unlearning_core.runs.spec import BlobPointer, RunSpec
+from unlearning_core.runs.marker import describe_unfinished, read_marker
+from unlearning_core.runs.spec import BlobPointer, DatasetSpec, RunSpec
 from unlearning_core.store import BlobStore
 from unlearning_core.training.loop import OptimConfig
 from unlearning_core.weights import load_state
@@ -28,6 +32,12 @@ def run_prefix(run_id: str) -> str:
 class RecordedRun:
     """Read side of a run; the ledger is the only part that changes after training."""
 
+    #: Whether a run's model factory may be an import path (``pkg.module:callable``) that
+    #: rebuilding the model imports. True for the library and the CLI (the user's own runs);
+    #: a service that opens runs imported from API callers sets it False on the instance,
+    #: so only registered ``lethe.models`` entry points are used.
+    allow_import_path: bool = True
+
     def __init__(self, store: BlobStore, spec: RunSpec, ledger_store: LedgerStore | None = None) -> None:
         self.store = store
         self.spec = spec
@@ -39,6 +49,9 @@ class RecordedRun:
         try:
             raw = store.get_json(key)
         except BlobNotFoundError:
+            marker = read_marker(store, run_prefix(run_id))
+            if marker is not None:  # recorded from a loop that has not closed, or crashed
+                raise RunError(describe_unfinished(run_id, marker)) from None
             raise RunError(f"no run {run_id!r} in store {store.url}") from None
         try:
             return cls(store, RunSpec.model_validate(raw))
@@ -90,6 +103,11 @@ class RecordedRun:
 
     # -- rebuilding ------------------------------------------------------------------
     def new_model(self) -> torch.nn.Module:
+        loop = self.spec.loop
+        if loop is not None:
+            return build_model(loop.model_factory, loop.model_kwargs, allow_import_path=self.allow_import_path)
+        if self.spec.num_classes is None or self.spec.in_channels is None or self.spec.image_size is None:
+            raise RunError(f"run {self.run_id!r} names neither a model factory nor the sizes of {self.spec.model!r}")
         return create_model(
             self.spec.model,
             in_channels=self.spec.in_channels,
@@ -105,9 +123,37 @@ class RecordedRun:
     def load_weights(self, pointer: BlobPointer) -> dict[str, torch.Tensor]:
         return load_state(self.store, pointer.ref())
 
+    @cached_property
+    def attached_dataset_spec(self) -> DatasetSpec | None:
+        """The dataset attached beside a run that names none (an import into the service,
+        :mod:`unlearning_core.runs.attach`), else None."""
+        return read_attachment(self.store, self.run_id) if self.spec.dataset is None else None
+
+    def dataset_spec(self) -> DatasetSpec | None:
+        """The run's own dataset spec, else the attached one (None: ids only)."""
+        return self.spec.dataset or self.attached_dataset_spec
+
     def dataset(self) -> Dataset:
-        """The run's dataset, checked to be the one it was trained on (same ids, labels)."""
+        """The run's dataset, checked to be the one it was trained on (same ids, labels).
+
+        A run that names no dataset (recorded from the user's own loop) gets its sample ids
+        only: enough to resolve forget sets and retained positions; anything that needs the
+        samples themselves raises :class:`RunError` (:mod:`unlearning_core.runs.ids_only`).
+        """
         d = self.spec.dataset
+        if d is None:
+            attached = self.attached_dataset_spec
+            if attached is None:
+                return ids_only_dataset(self.run_id, self.sample_table)
+            dataset = attached_dataset(attached, self.run_id, list(self.sample_table["sample_ids"]))
+            labels = self.sample_table.get("labels") or []
+            known = [(i, y) for i, y in enumerate(labels) if y != UNKNOWN_LABEL]
+            if any(int(dataset.train.labels[i]) != y for i, y in known):
+                raise RunError(
+                    f"the dataset attached to run {self.run_id!r} ({attached.spec!r}) labels its samples "
+                    "differently from the run"
+                )
+            return dataset
         dataset = d.load()
         table = self.sample_table
         if list(dataset.train.sample_ids) != table["sample_ids"] or (

@@ -7,6 +7,7 @@ update blobs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -41,9 +42,28 @@ class StepIndex:
             positions=np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int32),
         )
 
+    @classmethod
+    def from_steps(
+        cls, epochs: Sequence[int], batches: Sequence[int], positions: Sequence[Sequence[int]]
+    ) -> StepIndex:
+        """Steps as recorded one by one (a user's own loop): each step's epoch, its number
+        within the epoch, and the positions its batch held."""
+        if not len(epochs) == len(batches) == len(positions):
+            raise ValueError("epochs, batches and positions must have one entry per step")
+        sizes = np.asarray([0, *(len(p) for p in positions)], dtype=np.int64)
+        return cls(
+            epochs=np.asarray(epochs, dtype=np.int32),
+            batches=np.asarray(batches, dtype=np.int32),
+            ptr=np.cumsum(sizes),
+            positions=(
+                np.concatenate([np.asarray(p, dtype=np.int32) for p in positions])
+                if positions else np.empty(0, dtype=np.int32)
+            ),
+        )
+
     @property
     def n_steps(self) -> int:
-        return int(len(self.epochs))
+        return len(self.epochs)
 
     def step_positions(self, step: int) -> np.ndarray:
         return self.positions[self.ptr[step] : self.ptr[step + 1]]

@@ -2,14 +2,20 @@
 
 Everything needed to rebuild the model, reload the dataset, decode the updates and retrain
 from scratch with the same schedule lives here, so a run is self-describing.
+
+A run recorded from the user's own training loop (:func:`unlearning_core.record_training`)
+has a ``loop`` section instead of a built-in architecture and usually no ``dataset``: its
+model is rebuilt from the factory it names, its sample ids are the user's own, and a
+dataset reference (a registered dataset, a subject map) may be added later.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from unlearning_core.data import Dataset
 from unlearning_core.recording import PruneSchedule, UpdateFormat
@@ -123,6 +129,38 @@ class RunResults(BaseModel):
     device: str
 
 
+class LoopSpec(BaseModel):
+    """How a run recorded from the user's own training loop was made (``record_training``)."""
+
+    #: What rebuilds the model: ``"pkg.module:callable"``, an entry point of ``lethe.models``
+    #: or a built-in model name, called with ``model_kwargs``.
+    model_factory: str
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: Classes of the optimizers whose steps changed the model (``torch.optim.adamw.AdamW``).
+    optimizers: list[str] = Field(default_factory=list)
+    #: Their hyper-parameters at the start (first parameter group of the first optimizer).
+    optimizer_settings: dict[str, Any] = Field(default_factory=dict)
+    #: ``optimizer.step()`` calls that took effect inside recorded steps.
+    optimizer_steps: int = 0
+    #: Recorded steps in which no optimizer step took effect (a GradScaler skipping a step
+    #: with inf/nan gradients). Their update holds only what the forward pass changed
+    #: (BatchNorm statistics); for a model without such buffers it is zero.
+    skipped_steps: list[int] = Field(default_factory=list)
+    #: Steps that hold no sample: the model changed after the last recorded step.
+    unattributed_steps: list[int] = Field(default_factory=list)
+    #: ``rec.step`` windows merged into the following optimizer step (gradient
+    #: accumulation written one window per micro-batch).
+    merged_windows: int = 0
+    #: Parameters frozen (``requires_grad=False``) for the whole run: not recorded, checked
+    #: unchanged at the end.
+    frozen_tensors: list[str] = Field(default_factory=list)
+    #: Processes that trained (DistributedDataParallel); rank 0 recorded every step.
+    world_size: int = 1
+    torch_version: str = ""
+    #: The user's own JSON metadata, kept as given.
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
 class RunSpec(BaseModel):
     """Contents of ``runs/<run_id>/run.json``."""
 
@@ -130,11 +168,14 @@ class RunSpec(BaseModel):
     method: TrainingMethod = TrainingMethod.AMNESIAC  # what the run prepares for
     run_id: str
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    model: str
-    num_classes: int
-    in_channels: int
-    image_size: tuple[int, int]
-    dataset: DatasetSpec
+    model: str  # a built-in architecture, or the model factory of a ``loop`` run
+    # The built-in architecture's sizes (None on a ``loop`` run: its factory knows them).
+    num_classes: int | None = None
+    in_channels: int | None = None
+    image_size: tuple[int, int] | None = None
+    #: None: the run names no dataset (recorded from the user's own loop); only its sample
+    #: ids are known (``samples.json``).
+    dataset: DatasetSpec | None = None
     training: TrainingSpec
     recording: RecordingSpec
     sisa: SisaSpec | None = None
@@ -147,3 +188,24 @@ class RunSpec(BaseModel):
     updates: BlobPointer
     timeline: BlobPointer | None = None  # timeline/train.json (accuracy during training)
     origin: LineageOrigin | None = None  # set on a compaction run
+    loop: LoopSpec | None = None  # set on a run recorded from the user's own training loop
+
+    # ``run.json`` is written with sorted keys, which would turn ``tensors`` into name order;
+    # the depth order (what per-layer pruning interpolates over) travels beside it as a list.
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tensor_order(self) -> list[str]:
+        """The names of ``tensors`` in depth order, as written to ``run.json``."""
+        return list(self.tensors)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _depth_order(cls, data: Any) -> Any:
+        """Put ``tensors`` back in depth order when ``run.json`` records it (a run written
+        before it did keeps the order its file has)."""
+        if isinstance(data, dict) and isinstance(data.get("tensor_order"), list) and isinstance(data.get("tensors"), dict):
+            order, tensors = data["tensor_order"], data["tensors"]
+            if sorted(order) == sorted(tensors):
+                data = {**data, "tensors": {k: tensors[k] for k in order}}
+            data = {k: v for k, v in data.items() if k != "tensor_order"}
+        return data

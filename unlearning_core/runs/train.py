@@ -12,7 +12,6 @@ from unlearning_core.recording import UpdateRecorder, float_state
 from unlearning_core.report.timeline import TimelineProbe, auto_every, training_observer
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.index import StepIndex
-from unlearning_core.runs.writing import ensure_new_run, publish_run, put_samples
 from unlearning_core.runs.spec import (
     BlobPointer,
     DatasetSpec,
@@ -22,6 +21,7 @@ from unlearning_core.runs.spec import (
     RunSpec,
     TrainingSpec,
 )
+from unlearning_core.runs.writing import ensure_new_run, publish_run, put_samples
 from unlearning_core.store import BlobStore
 from unlearning_core.training.batching import concentration_of, plan_batches
 from unlearning_core.training.loop import OptimConfig, train_plan

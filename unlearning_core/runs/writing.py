@@ -8,16 +8,23 @@ from unlearning_core.data import SampleSet
 from unlearning_core.errors import RunError
 from unlearning_core.runs.artifact import RecordedRun, run_prefix
 from unlearning_core.runs.ledger import Ledger, VersionEntry
+from unlearning_core.runs.marker import marker_key
 from unlearning_core.runs.spec import BlobPointer
 from unlearning_core.store import BlobRef, BlobStore
 from unlearning_core.vocab import COMPACT_METHOD, TRAIN_METHOD
 
 
 def ensure_new_run(store: BlobStore, run_id: str) -> str:
-    """The run's key prefix; an existing ``run_id`` is an error, never an overwrite."""
+    """The run's key prefix; an existing ``run_id`` is an error, never an overwrite (nor is
+    the id of a recording that is still running or crashed: its blobs are in the store)."""
     prefix = run_prefix(run_id)
     if store.exists(f"{prefix}/run.json"):
         raise RunError(f"run {run_id!r} already exists in {store.url}; runs are immutable")
+    if store.exists(marker_key(prefix)):
+        raise RunError(
+            f"run {run_id!r} was already recorded into {store.url} (incomplete or still running); "
+            "choose another run id"
+        )
     return prefix
 
 
