@@ -20,6 +20,8 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+runs_app = typer.Typer(help="Runs recorded elsewhere.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 register_client_commands(app)  # lethe request, lethe pull (api/client_commands.py)
 
 
@@ -130,6 +132,39 @@ def audit_residuals(as_json: Annotated[bool, typer.Option("--json")] = False) ->
             owner = r.get("model") or f"dataset {r.get('dataset')}"
             sys.stdout.write(f"{r['kind']}\t{r.get('tenant')}/{owner}\t{r['key']}\n")
     raise typer.Exit(1 if found else 0)
+
+
+@runs_app.command("import")
+def runs_import(
+    name: Annotated[str, typer.Option(help="The model's name in the tenant.")],
+    run_id: Annotated[str, typer.Option("--run-id", help="The run, complete under runs/<run-id>/ of the tenant's store.")],
+    dataset: Annotated[str, typer.Option(help="The tenant's registered dataset holding the run's sample ids.")],
+    tenant: Annotated[str, typer.Option(help="The tenant the model belongs to.")] = "default",
+    unlearn_method: Annotated[str | None, typer.Option("--unlearn-method", help="Default method of erasure requests.")] = None,
+    atol: Annotated[float, typer.Option(help="Tolerance of initial + updates = final (full recordings).")] = 1e-4,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Verify a run recorded with record_training and register it as a model (version 0),
+    as POST /models/import does; the first problem found is the error and nothing is registered."""
+    from api.blobs import tenant_store
+    from api.registry.importing import import_run
+    from api.registry.schemas import ModelImport
+    from api.serve import prepare_database
+    from unlearning_core.errors import LetheError
+
+    try:
+        body = ModelImport(name=name, run_id=run_id, dataset=dataset, unlearn_method=unlearn_method, atol=atol)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with prepare_database()() as db:
+        try:
+            model = import_run(db=db, body=body, store=tenant_store(tenant), tenant=tenant, actor="cli")
+        except LetheError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            raise typer.Exit(2) from None
+        out = {"name": model.name, "tenant": tenant, "run_id": run_id, "status": model.status,
+               "architecture": model.architecture, "method": model.method}
+    sys.stdout.write((json.dumps(out) if as_json else f"imported {run_id} as model {name!r} ({out['status']})") + "\n")
 
 
 @app.command(

@@ -204,6 +204,10 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/models"): Row(
         scoped(admin=202, other_admin=422), lambda c, w: {"json": {**MODEL_BODY, "name": f"m-{c}"}}
     ),
+    # no such run in the tenant's store: past the scope check, the 422 names it
+    ("POST", "/models/import"): Row(
+        scoped(admin=422), lambda c, w: {"json": {"name": f"i-{c}", "run_id": "no-such-run", "dataset": w.dataset}}
+    ),
     ("GET", "/models/{name}"): Row(acme_only(registry=200, admin=200)),
     ("GET", "/models/{name}/versions"): Row(acme_only(registry=200, admin=200)),
     ("GET", "/models/{name}/versions/{version}"): Row(acme_only(registry=200, admin=200)),

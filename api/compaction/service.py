@@ -182,6 +182,14 @@ def request_compaction(
     lineage = registry.lineage_run(db=db, model_id=model.id)
     if lineage is None:
         raise ConflictError(f"model {model.name!r} has no completed training run to compact")
+    imported = (lineage.config or {}).get("imported") or {}
+    others = [o for o in imported.get("optimizers") or [] if o.rsplit(".", 1)[-1] != "SGD"]
+    if others:  # unlearning_core.compaction retrains with SGD: it would not be the same training
+        raise ConflictError(
+            f"model {model.name!r} was imported from a run trained by its own loop with {', '.join(others)}; "
+            "Lethe retrains with SGD and cannot reproduce it: retrain it yourself without the erased "
+            "samples and import the new run"
+        )
     run = TrainingRun(
         model_id=model.id,
         run_id=f"{registry.new_run_id(model.name)}-compaction",

@@ -147,6 +147,39 @@ class ModelCreate(BaseModel):
         return int(klass), float(share)
 
 
+class ModelImport(BaseModel):
+    """Register a run recorded elsewhere (``unlearning_core.record_training``) as a model."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [{"name": "claims-net", "run_id": "claims-2026-12", "dataset": "claims"}]},
+    )
+
+    name: str = Field(pattern=NAME_PATTERN, description="The model's name in your tenant")
+    run_id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="The run, complete under `runs/<run_id>/` of your tenant's store "
+        "(`<LETHE_BLOB_STORE>/tenants/<tenant>`): recorded there, or copied there",
+    )
+    dataset: str = Field(
+        pattern=NAME_PATTERN,
+        description="Your registered dataset holding every sample id of the run (its subjects "
+        "resolve erasure requests; its test split evaluates versions)",
+    )
+    unlearn_method: str | None = Field(
+        default=None, description="Default method of erasure requests (default: the recording's)"
+    )
+    erasure_policy: CompactionPolicy | None = Field(
+        default=None, description="When the model is compacted (fields not given: the service defaults)"
+    )
+    atol: float = Field(
+        default=1e-4, gt=0.0, le=1.0,
+        description="Tolerance of the check that the initial weights plus every recorded update "
+        "give the final weights (full recordings)",
+    )
+
+
 class TrainingRunOut(BaseModel):
     run_id: str
     kind: str = Field(description="train (the first training) or compaction")

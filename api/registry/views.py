@@ -16,11 +16,11 @@ from api.auth.dependencies import AdminDep, DbDep, RegistryDep, require_scope
 from api.blobs import tenant_store
 from api.compaction.policy import policy_of
 from api.database.core import utcnow
-from api.registry import service, withdrawal
+from api.registry import importing, service, withdrawal
 from api.registry.dependencies import LATEST, ModelDep, VersionDep
 from api.registry.models import Model, ModelVersion
 from api.registry.reports import version_report
-from api.registry.schemas import ModelCreate, ModelOut, ModelSummary, TrainingRunOut, VersionOut
+from api.registry.schemas import ModelCreate, ModelImport, ModelOut, ModelSummary, TrainingRunOut, VersionOut
 from unlearning_core.errors import BlobIntegrityError
 from unlearning_core.methods import version_guarantee
 from unlearning_core.report.html import render_pdf
@@ -127,6 +127,27 @@ def _versions_out(db, model: Model, versions: list[ModelVersion], tenant: str) -
 def create_model(body: ModelCreate, principal: AdminDep, db: DbDep, response: Response) -> ModelOut:
     model, _run = service.create(
         db=db, spec=body, store=tenant_store(principal.tenant), actor=principal.name, tenant=principal.tenant
+    )
+    response.headers["Location"] = f"/models/{model.name}"
+    return _model_out(db, model)
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelOut,
+    summary="Register a run recorded elsewhere (record_training) as a model with version 0 (admin); "
+    "verified first, refused with its first problem",
+    responses={
+        **AUTH_ERRORS,
+        409: {"description": "Name taken, or the run is registered already"},
+        422: {"description": "Unknown dataset; the run is incomplete, fails a check (named), or its "
+              "model factory is not a registered model"},
+    },
+)
+def import_model(body: ModelImport, principal: AdminDep, db: DbDep, response: Response) -> ModelOut:
+    model = importing.import_run(
+        db=db, body=body, store=tenant_store(principal.tenant), tenant=principal.tenant, actor=principal.name,
     )
     response.headers["Location"] = f"/models/{model.name}"
     return _model_out(db, model)

@@ -1101,9 +1101,33 @@ def render_upload_purge(name: str, data: Mapping[str, Any]) -> str:
     )
 
 
+def render_record_overhead(name: str, data: Mapping[str, Any]) -> str:
+    """bench/record_overhead.py: the user's own loop, plain vs recorded full / partial."""
+    labels = {"none": "plain (no recording)", "full": "`full`", "partial": f"`partial` {data.get('settings', {}).get('prune', '')}"}
+    rows = []
+    for key, v in data.get("variants", {}).items():
+        pct = v.get("overhead_pct_paired_median")
+        rows.append([
+            labels.get(key, key), secs(v.get("seconds_median")), secs(v.get("seconds_min")),
+            "-" if key == "none" else f"{pct:+.0f}%" if isinstance(pct, int | float) else "-",
+            secs(v.get("cpu_seconds_median")),
+            "-" if key == "none" else f"{v.get('cpu_overhead_pct', 0):+.0f}%",
+            "-" if "bytes_per_step" not in v else f"{v['bytes_per_step'] / 1e3:.0f} kB",
+            "-" if "storage_bytes" not in v else f"{v['storage_bytes'] / 1e6:.1f} MB",
+            "-" if "stall_seconds_median" not in v else secs(v["stall_seconds_median"]),
+            "yes" if v.get("same_weights_as_plain") else "no",
+        ])
+    return _block(name, data, table(
+        ["loop", "wall s (median)", "fastest", "overhead (median of per-round ratios)", "CPU s (median)",
+         "CPU overhead", "stored per step", "stored per run", "training thread blocked", "same weights as plain"],
+        rows,
+    ))
+
+
 RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], str]] = {
     "affected_batches": render_affected_batches,
     "upload_purge": render_upload_purge,
+    "record_overhead": render_record_overhead,
     "amnesiac_fashion": render_amnesiac_fashion,
     "api_load": render_api_load,
     "class_forgetting": render_class_forgetting,
