@@ -237,3 +237,47 @@ async def test_the_service_registers_a_plugin_dataset_with_a_subject_map_and_era
     assert process_pending(session_factory=get_sessionmaker(), store=get_store(), device=cpu) == 1
     status = (await client.get(f"/requests/{r.json()['id']}/status", headers=admin)).json()
     assert status["status"] == "completed" and status["jobs"][0]["details"]["forget_samples"] == 8, status
+
+
+def test_the_cli_trains_with_a_subject_map_and_unlearns_a_loop_run_by_subject(toy_models: str, tmp_path: Path) -> None:
+    """``lethe train --subject-map``; and a run recorded from the user's own loop over the
+    plug-in's data gets that data attached (``lethe unlearn --dataset --subject-map``) for
+    metrics and ``--forget-subject``."""
+    from unlearning_core import record_training
+    from unlearning_core.data import load_dataset
+    from unlearning_core.models import create_model
+
+    subjects = write_map(tmp_path / "subjects.csv", claims_map())
+    store = str(tmp_path / "runs")
+    trained = lethe(
+        "train", "--dataset", CLAIMS, "--subject-map", str(subjects), "--model", "mlp", "--epochs", "1",
+        "--batch-size", "16", "--lr", "0.05", "--record", "full", "--store", store, "--run-id", "mapped", "--device", "cpu",
+    )
+    assert trained["test_acc"] > 0.3
+    undone = lethe("unlearn", "--store", store, "--run-id", "mapped", "--forget-subject", "person-003", "--method", "amnesiac", "--device", "cpu")
+    assert undone["forget_samples"] == 8 if "forget_samples" in undone else undone["batches_subtracted"] >= 1, undone
+
+    data = load_dataset(CLAIMS)
+    torch.manual_seed(0)
+    net = create_model("mlp", in_channels=1, image_size=(8, 8), num_classes=3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    ids = list(data.train.sample_ids)
+    with record_training(net, opt, store=store, run_id="loop", model_factory="mlp",
+                         model_kwargs={"in_channels": 1, "image_size": [8, 8], "num_classes": 3}, mode="full") as rec:
+        for start in range(0, len(ids), 16):
+            with rec.step(ids[start : start + 16], epoch=0):
+                torch.nn.functional.cross_entropy(net(data.train.images[start : start + 16]), data.train.labels[start : start + 16]).backward()
+                opt.step()
+                opt.zero_grad()
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lethe"), "unlearn", "--store", store, "--run-id", "loop",
+         "--forget-subject", "person-003", "--method", "amnesiac", "--device", "cpu", "--json"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert done.returncode != 0 and "--dataset" in done.stderr, done.stderr[-1500:]
+    undone = lethe(
+        "unlearn", "--store", store, "--run-id", "loop", "--dataset", CLAIMS, "--subject-map", str(subjects),
+        "--forget-subject", "person-003", "--method", "amnesiac", "--device", "cpu",
+    )
+    assert undone["version"] == 1 and undone["batches_subtracted"] == 1, undone  # person-003: samples 24..31, one batch
+    assert "test_acc" in json.dumps(undone)

@@ -137,10 +137,17 @@ def apply_method(
     artifact = open_artifact(store, run_id, ledger_store)
     impl.check_artifact(artifact.spec.method, run_id)
     table = artifact.sample_table
-    positions = forget.resolve(table["sample_ids"], table["labels"], table["subject_ids"])
+    dataset = artifact.dataset()
+    if artifact.spec.dataset is None and artifact.dataset_spec() is not None:
+        # a run from the user's own loop knows its ids only: classes and subjects come from
+        # the dataset attached to it (in the run's sample order)
+        labels, subjects = dataset.train.labels.tolist(), list(dataset.train.subject_ids)
+    else:
+        labels, subjects = table["labels"], table["subject_ids"]
+    positions = forget.resolve(table["sample_ids"], labels, subjects)
     ctx = UnlearnContext(
         artifact=artifact,
-        dataset=artifact.dataset(),
+        dataset=dataset,
         ledger=artifact.ledger(),
         forget_positions=positions,
         forget_ids=[table["sample_ids"][i] for i in positions],

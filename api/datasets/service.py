@@ -155,17 +155,12 @@ def dataset_spec(dataset: Dataset) -> DatasetSpec:
         split_seed=dataset.split_seed,
         test_fraction=dataset.test_fraction,
         subject_size=dataset.subject_size,
+        subject_map=((dataset.info or {}).get("subject_map") or {}).get("path"),
     )
 
 
 def load(dataset: Dataset) -> LoadedDataset:
-    spec = dataset_spec(dataset)
-    return load_dataset(
-        spec.spec,
-        seed=spec.split_seed,
-        subject_size=spec.subject_size,
-        test_fraction=spec.test_fraction,
-    )
+    return dataset_spec(dataset).load()
 
 
 def register(

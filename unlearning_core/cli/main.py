@@ -114,10 +114,13 @@ def train(
     concentrate: Annotated[str | None, typer.Option(help="K:Q puts every training sample of class K into a share Q of the batches; subjects=ID,ID,...:Q does the same with those data subjects' samples.")] = None,
     subject_size: Annotated[int | None, typer.Option("--subject-size", min=1, help="Group consecutive training samples into data subjects of N.")] = None,
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.01, max=0.9, help="Test share for datasets without a test split.")] = 0.2,
+    subject_map: Annotated[Path | None, typer.Option("--subject-map", help="A CSV (sample_id,subject_id) or Parquet file naming each training sample's subject (instead of --subject-size).")] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model and store it with everything unlearning needs later."""
+    if subject_map is not None and subject_size is not None:
+        raise typer.BadParameter("give --subject-size or --subject-map, not both", param_hint="--subject-map")
     from unlearning_core import pipeline
     from unlearning_core.recording import PruneSchedule
     from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, SisaSpec, TrainingSpec
@@ -146,7 +149,10 @@ def train(
     result = pipeline.train(
         open_store(store),
         run_id=run_id,
-        dataset=DatasetSpec(spec=dataset, split_seed=seed, test_fraction=test_fraction, subject_size=subject_size),
+        dataset=DatasetSpec(
+            spec=dataset, split_seed=seed, test_fraction=test_fraction, subject_size=subject_size,
+            subject_map=str(subject_map.expanduser().resolve()) if subject_map is not None else None,
+        ),
         model=model,
         training=TrainingSpec(
             epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -189,6 +195,9 @@ def unlearn(
     option: Annotated[list[str] | None, typer.Option("--option", metavar="NAME=VALUE", help="A method option (repeatable), checked against the method's options (`lethe methods` lists them); VALUE is read as JSON when it parses (2, 0.5, true, null, {...}), else as a string. The flags above set the same options.")] = None,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Compute the efficacy metrics.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and evaluate, but publish no version and leave the ledger as it is.")] = False,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="A run recorded from your own loop (record_training) names no dataset: attach one holding its sample ids (a built-in, a dataset plug-in or a path), kept beside the run, for metrics and --forget-subject.")] = None,
+    subject_map: Annotated[Path | None, typer.Option("--subject-map", help="With --dataset: a CSV (sample_id,subject_id) or Parquet file naming each sample's subject.")] = None,
+    subject_size: Annotated[int | None, typer.Option("--subject-size", min=1, help="With --dataset: subjects of N consecutive training samples.")] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -238,6 +247,10 @@ def unlearn(
     except OptionError as exc:
         raise typer.BadParameter(str(exc), param_hint=_option_hint(exc.options, flags)) from None
     blob_store = open_store(store)
+    if dataset is not None:
+        _attach(blob_store, run_id, dataset, subject_map=subject_map, subject_size=subject_size)
+    elif subject_map is not None or subject_size is not None:
+        raise typer.BadParameter("--subject-map and --subject-size go with --dataset", param_hint="--dataset")
     _check_run_data(blob_store, run_id, evaluate=evaluate, compare=compare is not None)
     if compare is not None:
         result = pipeline.compare(
@@ -266,13 +279,36 @@ def _check_run_data(blob_store: Any, run_id: str, *, evaluate: bool, compare: bo
     from unlearning_core.runs.artifact import RecordedRun
 
     run = RecordedRun.open(blob_store, run_id)
-    if run.spec.dataset is not None:
+    if run.dataset_spec() is not None:  # its own, or one attached (--dataset)
         return
     why = f"run {run_id!r} names no dataset (it was recorded from its own training loop), so there is nothing to evaluate on"
     if compare:
         raise RunError(f"{why}: --compare evaluates every method; use --method amnesiac or partial-amnesiac with --no-evaluate")
     if evaluate:
-        raise RunError(f"{why}: pass --no-evaluate")
+        raise RunError(f"{why}: attach its data with --dataset (and --subject-map), or pass --no-evaluate")
+
+
+def _attach(
+    blob_store: Any, run_id: str, dataset: str, *, subject_map: Path | None, subject_size: int | None
+) -> None:
+    """Attach ``dataset`` to a run that names none (checked to hold every sample id of the
+    run, with the same labels where the run knows them), kept beside the run."""
+    from unlearning_core.errors import RunError
+    from unlearning_core.runs.artifact import RecordedRun
+    from unlearning_core.runs.attach import attach_dataset
+    from unlearning_core.runs.spec import DatasetSpec
+
+    run = RecordedRun.open(blob_store, run_id)
+    if run.spec.dataset is not None:
+        raise RunError(f"run {run_id!r} names its dataset already ({run.spec.dataset.spec!r}); --dataset is for runs recorded from their own loop")
+    spec = DatasetSpec(
+        spec=dataset, subject_size=subject_size,
+        subject_map=str(subject_map.expanduser().resolve()) if subject_map is not None else None,
+    )
+    attached = RecordedRun(blob_store, run.spec)
+    attached.__dict__["attached_dataset_spec"] = spec  # check before writing anything
+    attached.dataset()
+    attach_dataset(blob_store, run_id, spec)
 
 
 @app.command()

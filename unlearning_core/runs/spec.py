@@ -45,6 +45,8 @@ class DatasetSpec(BaseModel):
     split_seed: int = 0
     test_fraction: float = 0.2
     subject_size: int | None = None
+    #: A CSV or Parquet file naming each sample's subject (instead of ``subject_size``).
+    subject_map: str | None = None
     #: Training samples left out (a compaction: every sample erased before it started).
     exclude_sample_ids: list[str] = Field(default_factory=list)
 
@@ -54,7 +56,7 @@ class DatasetSpec(BaseModel):
 
         data = load_dataset(
             self.spec, seed=self.split_seed, subject_size=self.subject_size,
-            test_fraction=self.test_fraction,
+            test_fraction=self.test_fraction, subject_map=self.subject_map,
         )
         return data.without(self.exclude_sample_ids)
 
