@@ -438,6 +438,14 @@ class Operations:
         data = yield from self.get_json("/models")
         return [ModelSummary.model_validate(m) for m in data]
 
+    def import_run(self, *, name: str, run_id: str, dataset: str, unlearn_method: str | None) -> Op[ModelInfo]:
+        body: dict[str, Any] = {"name": name, "run_id": run_id, "dataset": dataset}
+        if unlearn_method:
+            body["unlearn_method"] = unlearn_method
+        # not idempotent: a repeat after a lost answer is a 409 naming the model
+        response = yield from self.exchange(Call("POST", "/models/import", json=body), idempotent=False)
+        return ModelInfo.model_validate(json_of(expect(response, 201)))
+
     def get_model(self, name: str) -> Op[ModelInfo]:
         data = yield from self.get_json(f"/models/{_segment(name)}")
         return ModelInfo.model_validate(data)

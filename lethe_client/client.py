@@ -205,6 +205,12 @@ class Client(_Base):
         """``GET /models/{name}``."""
         return self._run(self._ops.get_model(name))
 
+    def import_run(self, name: str, run_id: str, dataset: str, *, unlearn_method: str | None = None) -> ModelInfo:
+        """``POST /models/import`` (scope admin): register a run recorded with
+        ``record_training`` in your tenant's store as model ``name``; the service verifies
+        it first (a :class:`ValidationFailed` names the first problem)."""
+        return self._run(self._ops.import_run(name=name, run_id=run_id, dataset=dataset, unlearn_method=unlearn_method))
+
     def list_versions(self, name: str) -> list[Version]:
         """``GET /models/{name}/versions``, oldest first, withdrawn ones included."""
         return self._run(self._ops.list_versions(name))
@@ -356,6 +362,10 @@ class AsyncClient(_Base):
     async def get_model(self, name: str) -> ModelInfo:
         """See :meth:`Client.get_model`."""
         return await self._run(self._ops.get_model(name))
+
+    async def import_run(self, name: str, run_id: str, dataset: str, *, unlearn_method: str | None = None) -> ModelInfo:
+        """See :meth:`Client.import_run`."""
+        return await self._run(self._ops.import_run(name=name, run_id=run_id, dataset=dataset, unlearn_method=unlearn_method))
 
     async def list_versions(self, name: str) -> list[Version]:
         """See :meth:`Client.list_versions`."""

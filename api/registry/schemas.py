@@ -14,7 +14,7 @@ from api.datasets.schemas import MAX_SEED, NAME_PATTERN
 # run supports): unlearning_core's vocabulary, defined once in unlearning_core.vocab.
 from unlearning_core.compaction import CompactionPolicy
 from unlearning_core.methods import get_method, method_names
-from unlearning_core.models import model_names
+from unlearning_core.models import is_registered, model_names
 from unlearning_core.vocab import DEFAULT_UNLEARN_METHOD, Guarantee, TrainingMethod
 from unlearning_core.vocab import RECORD_OF_METHOD as RECORD_OF_METHOD
 
@@ -104,7 +104,7 @@ class ModelCreate(BaseModel):
     @classmethod
     def _known_architecture(cls, value: str) -> str:
         known = model_names()
-        if value not in known:
+        if value not in known and not is_registered(value):  # installed since: read again
             raise ValueError(f"unknown architecture {value!r}; known: {', '.join(known)}")
         return value
 

@@ -83,6 +83,16 @@ def _scan() -> None:
         refresh_plugins()
 
 
+def _known(key: str) -> bool:
+    """Whether ``key`` is registered; on a miss the entry points are read again, so a
+    package installed while the process runs is found without a restart."""
+    _scan()
+    if key in _FACTORIES or key in _ENTRY_POINTS:
+        return True
+    refresh_plugins()
+    return key in _ENTRY_POINTS
+
+
 def model_names() -> tuple[str, ...]:
     """Every registered name: in-process registrations in order, then installed plug-ins."""
     _scan()
@@ -92,9 +102,7 @@ def model_names() -> tuple[str, ...]:
 def is_registered(name: str) -> bool:
     """Whether ``name`` is a registered model (decorator or installed entry point); a
     ``module:callable`` path that is not registered is not."""
-    _scan()
-    key = _key(str(name))
-    return key in _FACTORIES or key in _ENTRY_POINTS
+    return _known(_key(str(name)))
 
 
 def _import_path(path: str) -> Callable[..., Any]:
@@ -119,8 +127,8 @@ def _import_path(path: str) -> Callable[..., Any]:
 def resolve_factory(name: str, *, allow_import: bool = True) -> Callable[..., Any]:
     """The factory ``name`` denotes (see the module doc); a :class:`ModelError` naming what
     is known otherwise."""
-    _scan()
     key = _key(str(name))
+    _known(key)
     if key in _FACTORIES:
         return _FACTORIES[key]
     if key in _ENTRY_POINTS:
