@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     bootstrap_admin_key: SecretStr | None = None
     device: str = "auto"
     erasure_due_days: int = Field(default=30, ge=1, description="GDPR Art. 12(3): one month")
+    method_ranking: Path = Field(
+        default=Path(__file__).resolve().parents[1] / "bench" / "results" / "judge.json",
+        description="The judge's result file whose ranking `method: auto` follows (bench/judge.py); "
+        "missing: auto uses each model's default method",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     embedded_worker: bool = Field(default=True, description="run jobs in a thread of the API process")
     worker_poll_seconds: float = Field(default=1.0, gt=0)

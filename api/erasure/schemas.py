@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from api.datasets.schemas import NAME_PATTERN
 from api.erasure.states import JobStatus, RequestStatus
 from unlearning_core.methods import method_names
+from unlearning_core.methods.auto import AUTO
 from unlearning_core.vocab import Guarantee
 
 MAX_SAMPLE_IDS = 10_000
@@ -94,9 +95,9 @@ class ErasureRequestCreate(BaseModel):
     @field_validator("method")
     @classmethod
     def _method(cls, value: str | None) -> str | None:
-        if value is not None and value not in method_names():
+        if value is not None and value != AUTO and value not in method_names():
             raise ValueError(
-                f"unknown unlearning method {value!r}; known: {', '.join(method_names())}"
+                f"unknown unlearning method {value!r}; known: auto, {', '.join(method_names())}"
             )
         return value
 

@@ -8,8 +8,10 @@ another tenant's request is "not found", never "forbidden".
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Sequence
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +28,7 @@ from api.auth.dependencies import Principal
 from api.compaction.policy import policy_of
 from api.config import get_settings
 from api.database.core import utcnow
-from api.datasets.models import Sample
+from api.datasets.models import Dataset, Sample
 from api.erasure import states
 from api.erasure.models import ErasureRequest, RequestJob
 from api.erasure.schemas import (
@@ -42,6 +44,8 @@ from api.errors import ConflictError, NotFoundError
 from api.registry.models import Model, ModelVersion
 from unlearning_core.errors import ForgetSetError, MethodError
 from unlearning_core.methods import OptionError, get_method, validate_options
+from unlearning_core.methods.auto import AUTO, Ranking, load_ranking
+from unlearning_core.methods.auto import choose as choose_method
 from unlearning_core.vocab import Guarantee
 
 S = RequestStatus
@@ -62,11 +66,33 @@ class Target:
     #: The request's method options validated against ``method`` (defaults filled in);
     #: None when the request named none.
     method_options: dict[str, Any] | None = None
+    #: How ``auto`` chose ``method`` (method, reason, what it considered); None otherwise.
+    choice: dict[str, Any] | None = None
 
 
 def _few(values: Sequence[str], n: int = 3) -> str:
     shown = ", ".join(repr(v) for v in values[:n])
     return shown + (f" (and {len(values) - n} more)" if len(values) > n else "")
+
+
+def _train_samples(db: Session, dataset_id: int) -> int:
+    return int(db.scalar(select(Dataset.num_samples).where(Dataset.id == dataset_id)) or 0)
+
+
+@lru_cache(maxsize=1)
+def _ranking_at(path: str, mtime: float) -> Ranking | None:
+    return load_ranking(path)
+
+
+def method_ranking() -> Ranking | None:
+    """The judge's ranking ``auto`` uses (``LETHE_METHOD_RANKING``), read again when the
+    file changes; None when there is none."""
+    path = get_settings().method_ranking
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return None
+    return _ranking_at(str(path), mtime)
 
 
 def resolve_targets(*, db: Session, body: ErasureRequestCreate, tenant: str) -> list[Target]:
@@ -146,6 +172,18 @@ def resolve_targets(*, db: Session, body: ErasureRequestCreate, tenant: str) -> 
                 )
             continue
         method = body.method or model.unlearn_method
+        choice = None
+        if method == AUTO:
+            if body.method_options is not None:
+                raise OptionError(
+                    "method_options go with a named method, not with 'auto' (which picks the method "
+                    "and uses its defaults)", method=AUTO, options=sorted(body.method_options),
+                )
+            picked = choose_method(
+                trained_with=model.method, forget_samples=len(ids),
+                train_samples=_train_samples(db, model.dataset_id), ranking=method_ranking(),
+            )
+            method, choice = picked.method, picked.as_json()
         impl = get_method(method)
         if model.method not in impl.trained_with:
             raise MethodError(
@@ -159,7 +197,7 @@ def resolve_targets(*, db: Session, body: ErasureRequestCreate, tenant: str) -> 
             except OptionError as exc:
                 whose = "" if body.method else f" (the default method of model {model.name!r})"
                 raise OptionError(f"{exc}{whose}", method=exc.method, options=exc.options) from None
-        targets.append(Target(model=model, method=method, sample_ids=ids, method_options=options))
+        targets.append(Target(model=model, method=method, sample_ids=ids, method_options=options, choice=choice))
     return targets
 
 
@@ -231,6 +269,7 @@ def create(
                     if body.method_options is not None
                     else None
                 ),
+                "method_choice": {t.model.name: t.choice for t in targets if t.choice} or None,
                 "due_at": request.due_at.isoformat(),
             },
         )
@@ -245,7 +284,7 @@ def create(
                     progress=0.0,
                     sample_ids=t.sample_ids,
                     attempts=0,
-                    details={},
+                    details={"method_choice": t.choice} if t.choice else {},
                 )
             )
         states.transition(

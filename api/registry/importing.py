@@ -38,6 +38,7 @@ from api.webhooks import service as webhooks
 from unlearning_core.artifacts import open_artifact
 from unlearning_core.errors import DatasetError, MethodError
 from unlearning_core.methods import get_method, method_names, version_guarantee
+from unlearning_core.methods.auto import AUTO
 from unlearning_core.pipeline import run_metrics
 from unlearning_core.runs.artifact import run_prefix
 from unlearning_core.runs.attach import attach_dataset
@@ -48,6 +49,8 @@ from unlearning_core.vocab import DEFAULT_UNLEARN_METHOD, TRAIN_METHOD
 
 def _unlearn_method(body: ModelImport, method: Any) -> str:
     chosen = body.unlearn_method or DEFAULT_UNLEARN_METHOD[method]
+    if chosen == AUTO:
+        return chosen
     if chosen not in method_names():
         raise MethodError(f"unknown unlearn_method {chosen!r}; known: {', '.join(method_names())}")
     if method not in get_method(chosen).trained_with:

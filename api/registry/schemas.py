@@ -14,6 +14,7 @@ from api.datasets.schemas import MAX_SEED, NAME_PATTERN
 # run supports): unlearning_core's vocabulary, defined once in unlearning_core.vocab.
 from unlearning_core.compaction import CompactionPolicy
 from unlearning_core.methods import get_method, method_names
+from unlearning_core.methods.auto import AUTO
 from unlearning_core.models import is_registered, model_names
 from unlearning_core.vocab import DEFAULT_UNLEARN_METHOD, Guarantee, TrainingMethod
 from unlearning_core.vocab import RECORD_OF_METHOD as RECORD_OF_METHOD
@@ -50,7 +51,8 @@ class ModelCreate(BaseModel):
     )
     unlearn_method: str | None = Field(
         default=None,
-        description="Default unlearning method of erasure requests on this model "
+        description="Default unlearning method of erasure requests on this model, or `auto` (each "
+        "request's method picked from the last judge run, methods/auto.py) "
         "[default: retrain for plain, amnesiac for amnesiac, partial-amnesiac for partial-amnesiac, sisa for sisa]",
     )
     erasure_policy: CompactionPolicy | None = Field(
@@ -128,6 +130,8 @@ class ModelCreate(BaseModel):
     def _unlearn_method(self) -> ModelCreate:
         if self.unlearn_method is None:
             self.unlearn_method = DEFAULT_UNLEARN_METHOD[self.method]
+        if self.unlearn_method == AUTO:  # each request's method is picked then (methods/auto.py)
+            return self
         if self.unlearn_method not in method_names():
             raise ValueError(
                 f"unknown unlearn_method {self.unlearn_method!r}; known: {', '.join(method_names())}"
