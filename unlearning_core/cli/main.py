@@ -295,7 +295,7 @@ def _attach(
     run, with the same labels where the run knows them), kept beside the run."""
     from unlearning_core.errors import RunError
     from unlearning_core.runs.artifact import RecordedRun
-    from unlearning_core.runs.attach import attach_dataset
+    from unlearning_core.runs.attach import attach_dataset, attached_dataset
     from unlearning_core.runs.spec import DatasetSpec
 
     run = RecordedRun.open(blob_store, run_id)
@@ -305,9 +305,8 @@ def _attach(
         spec=dataset, subject_size=subject_size,
         subject_map=str(subject_map.expanduser().resolve()) if subject_map is not None else None,
     )
-    attached = RecordedRun(blob_store, run.spec)
-    attached.__dict__["attached_dataset_spec"] = spec  # check before writing anything
-    attached.dataset()
+    table = run.sample_table  # checked before anything is written
+    attached_dataset(spec, run_id, list(table["sample_ids"]), table.get("labels"))
     attach_dataset(blob_store, run_id, spec)
 
 

@@ -15,7 +15,7 @@ from unlearning_core.models import create_model
 from unlearning_core.recording import UpdateFormat
 from unlearning_core.runs.factory import build_model
 from unlearning_core.runs.attach import attached_dataset, read_attachment
-from unlearning_core.runs.ids_only import UNKNOWN_LABEL, ids_only_dataset
+from unlearning_core.runs.ids_only import ids_only_dataset
 from unlearning_core.runs.index import StepIndex
 from unlearning_core.runs.ledger import Ledger, LedgerStore
 from unlearning_core.runs.marker import describe_unfinished, read_marker
@@ -145,15 +145,8 @@ class RecordedRun:
             attached = self.attached_dataset_spec
             if attached is None:
                 return ids_only_dataset(self.run_id, self.sample_table)
-            dataset = attached_dataset(attached, self.run_id, list(self.sample_table["sample_ids"]))
-            labels = self.sample_table.get("labels") or []
-            known = [(i, y) for i, y in enumerate(labels) if y != UNKNOWN_LABEL]
-            if any(int(dataset.train.labels[i]) != y for i, y in known):
-                raise RunError(
-                    f"the dataset attached to run {self.run_id!r} ({attached.spec!r}) labels its samples "
-                    "differently from the run"
-                )
-            return dataset
+            table = self.sample_table
+            return attached_dataset(attached, self.run_id, list(table["sample_ids"]), table.get("labels"))
         dataset = d.load()
         table = self.sample_table
         if list(dataset.train.sample_ids) != table["sample_ids"] or (

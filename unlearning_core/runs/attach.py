@@ -36,9 +36,12 @@ def read_attachment(store: BlobStore, run_id: str) -> DatasetSpec | None:
     return DatasetSpec.model_validate(raw)
 
 
-def attached_dataset(spec: DatasetSpec, run_id: str, sample_ids: list[str]) -> Dataset:
+def attached_dataset(
+    spec: DatasetSpec, run_id: str, sample_ids: list[str], labels: list[int] | None = None
+) -> Dataset:
     """The attached dataset with its training samples in the run's order (``sample_ids``,
-    the run's sample table); a :class:`RunError` if the dataset lacks any of them."""
+    the run's sample table); a :class:`RunError` if the dataset lacks any of them or labels
+    one differently from ``labels`` (the run's, where it knows them: -1 is unknown)."""
     data = spec.load()
     position = {sid: i for i, sid in enumerate(data.train.sample_ids)}
     missing = [s for s in sample_ids if s not in position]
@@ -48,4 +51,12 @@ def attached_dataset(spec: DatasetSpec, run_id: str, sample_ids: list[str]) -> D
             f"e.g. {missing[0]!r}"
         )
     train = data.train.subset([position[s] for s in sample_ids])
+    if labels:
+        known = train.labels.tolist()
+        wrong = [i for i, y in enumerate(labels) if y >= 0 and known[i] != y]
+        if wrong:
+            raise RunError(
+                f"the dataset {spec.spec!r} attached to run {run_id!r} labels {len(wrong)} of its samples "
+                f"differently from the run, e.g. {sample_ids[wrong[0]]!r}"
+            )
     return Dataset(data.name, train, data.test, data.num_classes, data.class_names)
