@@ -70,6 +70,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY api ./api
 COPY worker ./worker
 COPY unlearning_core ./unlearning_core
+COPY lethe_client ./lethe_client
 COPY migrations ./migrations
 # Smoke test of the installed package (-I: not the sources in the working directory).
 RUN pip install --no-deps . \

@@ -56,12 +56,12 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
     The module must register its submodules from input to output: other code reads the
     ``state_dict`` order as depth order (layer-wise distances, per-layer pruning).
-    Registering the same function again is a no-op (a built-in is also an entry point).
+    A name is registered once (an entry point of the same name is then never loaded).
     """
     key = _key(name)
 
     def decorator(factory: ModelFactory) -> ModelFactory:
-        if key in _FACTORIES and _FACTORIES[key] is not factory:
+        if key in _FACTORIES:
             raise ValueError(f"model {key!r} is already registered")
         _FACTORIES[key] = factory
         return factory
