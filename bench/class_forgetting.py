@@ -11,11 +11,14 @@ Setting (stated in the JSON): the forgotten class sits in a share of the batches
 uniform shuffling every batch holds the class and amnesiac subtracts the whole training.
 
 Each model is trained ONCE with full updates recorded (``--dtype``, float16 by default to
-halve the disk use); both methods then start from the same weights. Partial amnesiac prunes
-those full updates at request time: the random masks are nested and seeded per
-(epoch, batch, tensor), so this is exactly what a run recorded with ``--record partial
---prune-first 0.99 --prune-last 0.5`` would subtract. A run's blobs are deleted as soon as
-its model is done.
+halve the disk use); every method then starts from the same weights. Partial amnesiac prunes
+those full updates at request time, once per mask kind of ``--masks`` (``fixed``: one mask
+per layer for the whole run, the formula's P_l; ``random``: a new mask per step;
+``magnitude``: each step's largest entries): the masks are nested and seeded, so each is
+exactly what a run recorded with ``--record partial --mask KIND --prune-first 0.99
+--prune-last 0.5`` would subtract. ``partial-amnesiac`` in the JSON is the default mask's
+row; ``partial_by_mask`` holds all of them. A run's blobs are deleted as soon as its model
+is done.
 
     python bench/class_forgetting.py --models alexnet,resnet18 --limit 6000 --epochs 2
     python bench/class_forgetting.py --models resnet50,vit --device cuda --limit 0 \
@@ -33,11 +36,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, dataset_spec, emit, environment, fast_math, pyplot, quick_metrics, stopwatch
+from common import (
+    RESULTS,
+    dataset_spec,
+    emit,
+    environment,
+    fast_math,
+    pyplot,
+    quick_metrics,
+    stopwatch,
+)
 
 from unlearning_core.data import load_dataset
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.pipeline import apply_method
+from unlearning_core.recording import DEFAULT_MASK, MASK_KINDS
 from unlearning_core.runs.spec import DatasetSpec, RecordingSpec, TrainingSpec
 from unlearning_core.runs.train import train_run
 from unlearning_core.store import LocalBlobStore
@@ -84,22 +97,33 @@ def run_model(
         original = run.model_with(run.load_weights(run.spec.trained_weights))
         positions = data.train.positions_of_class(args.forget_class)
         row["original"] = _columns(quick_metrics(original, data, positions, device=device), others, args)
-        methods = {
-            "amnesiac": {},
-            "partial-amnesiac": {"prune_first": args.prune_first, "prune_last": args.prune_last},
-        }
-        for method, options in methods.items():
+        methods: dict[str, tuple[str, dict[str, Any]]] = {"amnesiac": ("amnesiac", {})}
+        for mask in args.masks:
+            methods[f"partial-amnesiac/{mask}"] = (
+                "partial-amnesiac", {"prune_first": args.prune_first, "prune_last": args.prune_last, "mask": mask},
+            )
+        row["partial_by_mask"] = {}
+        affected = [run.update_blobs[int(k)] for k in run.index.steps_holding(positions)]
+        for label, (method, options) in methods.items():
+            for blob in affected:  # every method reads them from the page cache, whatever its turn
+                store.get(blob.key, expected_sha256=blob.sha256)
             done = apply_method(
                 store, run_id=model, method=method, forget=forget, method_options=options, device=device,
                 publish=False,
             )
             metrics = quick_metrics(done.outcome.model, data, positions, device=device)
-            row[method] = {
+            cols = {
                 **_columns(metrics, others, args),
                 "unlearn_seconds": done.outcome.unlearn_seconds,
                 **{k: done.outcome.details.get(k) for k in ("batches_subtracted", "bytes_read")},
             }
-            print(f"[{model}] {method}: {row[method]}", file=sys.stderr)
+            if method == "amnesiac":
+                row["amnesiac"] = cols
+            else:
+                row["partial_by_mask"][options["mask"]] = cols
+            print(f"[{model}] {label}: {cols}", file=sys.stderr)
+    by_mask = row["partial_by_mask"]
+    row["partial-amnesiac"] = by_mask.get(DEFAULT_MASK) or next(iter(by_mask.values()))
     row["affected_batch_share"] = row["amnesiac"]["batches_subtracted"] / row["steps"]
     return row
 
@@ -123,17 +147,28 @@ def _columns(metrics: dict[str, Any], others: list[int], args: argparse.Namespac
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Retain accuracy per model and method (bars), forget-class accuracy (dots)."""
+    """Retain accuracy per model and method (bars; partial amnesiac per mask kind), forget-class
+    accuracy (dots)."""
     plt = pyplot()
     rows = result["rows"]
     names = [r["model"] for r in rows]
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 4))
-    width = 0.26
-    series = (("original", "#999999"), ("amnesiac", "#d62728"), ("partial-amnesiac", "#1f77b4"))
-    for i, (key, color) in enumerate(series):
-        xs = [j + (i - 1) * width for j in range(len(rows))]
-        ax.bar(xs, [r[key]["retain_acc"] for r in rows], width, color=color, label=f"{key} retain")
-        ax.scatter(xs, [r[key]["forget_acc"] for r in rows], color="black", marker="x", zorder=3,
+    colors = {"fixed": "#1f77b4", "random": "#17becf", "magnitude": "#9467bd"}
+    series: list[tuple[str, str, Any]] = [
+        ("original", "#999999", lambda r: r["original"]),
+        ("amnesiac", "#d62728", lambda r: r["amnesiac"]),
+    ]
+    for mask in result.get("masks") or []:
+        series.append((f"partial ({mask})", colors.get(mask, "#1f77b4"),
+                       lambda r, m=mask: r.get("partial_by_mask", {}).get(m)))
+    if not result.get("masks"):
+        series.append(("partial-amnesiac", "#1f77b4", lambda r: r["partial-amnesiac"]))
+    fig, ax = plt.subplots(figsize=(2.4 + 2.0 * len(rows), 4))
+    width = 0.8 / len(series)
+    for i, (label, color, pick) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
+        vals = [pick(r) or {} for r in rows]
+        ax.bar(xs, [v.get("retain_acc", 0) for v in vals], width, color=color, label=f"{label} retain")
+        ax.scatter(xs, [v.get("forget_acc", 0) for v in vals], color="black", marker="x", zorder=3,
                    label="forget-class acc" if i == 0 else None)
     ax.set_xticks(range(len(rows)), names)
     ax.set_ylim(0, 1)
@@ -142,7 +177,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f"Forget class {result['forget_class']} ({result['class_batch_share']:.0%} of batches), "
         f"{result['device']}"
     )
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -162,6 +197,8 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.2, help="share of batches holding the class")
     ap.add_argument("--prune-first", type=float, default=0.99)
     ap.add_argument("--prune-last", type=float, default=0.5)
+    ap.add_argument("--masks", default=",".join(MASK_KINDS),
+                    help=f"mask kinds partial amnesiac prunes with, side by side (default mask: {DEFAULT_MASK})")
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
@@ -169,6 +206,9 @@ def main() -> None:
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "class_forgetting.json")
     args = ap.parse_args()
+    args.masks = [m.strip() for m in args.masks.split(",") if m.strip()]
+    if not args.masks or any(m not in MASK_KINDS for m in args.masks):
+        sys.exit(f"--masks takes {', '.join(MASK_KINDS)}, got {','.join(args.masks)!r}")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         sys.exit("--models names no model")
@@ -185,6 +225,8 @@ def main() -> None:
         "other_classes": others, "class_batch_share": args.share,
         "prune_first": args.prune_first, "prune_last": args.prune_last, "recovery_steps": 0,
         "recording": f"full, {args.dtype}; partial prunes the same updates at request time",
+        "masks": args.masks, "default_mask": DEFAULT_MASK,
+        "timing": "unlearn_seconds with the affected update blobs read once before each method (page cache warm)",
         "seed_table_percent": SEED_TABLE, "rows": [],
     }
     with tempfile.TemporaryDirectory(prefix="lethe-cf-data-", dir=args.workdir) as tmp:

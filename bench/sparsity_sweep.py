@@ -8,10 +8,14 @@ share of update entries pruned. Marked: the largest pruning of the sweep that st
 forget accuracy 0, and the point ``--prune auto`` picks by bisection at unlearning time (its
 probes are in the JSON). Amnesiac (nothing pruned) is the left end for reference.
 
-Pruning at request time from full updates is exact: the masks are nested and seeded per
-(epoch, batch, tensor), so each point is what a run recorded with that pruning subtracts.
+The sweep (and the ``--prune auto`` point) is run once per mask kind of ``--masks``, side by
+side on the same run: ``fixed`` (one mask per layer for the whole run, the formula's P_l),
+``random`` (a new mask per step) and ``magnitude`` (each step's largest entries). Pruning at
+request time from full updates is exact: every mask kind is nested and seeded, so each point
+is what a run recorded with that mask and pruning subtracts. ``points``, ``largest_zero_forget``
+and ``auto`` at the top level are the default mask's; ``masks`` holds every kind's.
 
-    python bench/sparsity_sweep.py [--model small-cnn] [--epochs 2] [--device auto]
+    python bench/sparsity_sweep.py [--model small-cnn] [--epochs 2] [--device auto] [--masks fixed,random,magnitude]
 
 Prints one JSON object on the last line of stdout and writes it (and a PNG) to ``--out``.
 """
@@ -41,7 +45,7 @@ from unlearning_core.data import load_dataset
 from unlearning_core.forget import ForgetSpec
 from unlearning_core.methods.prune_search import PruneSearch, pruned_share
 from unlearning_core.pipeline import apply_method
-from unlearning_core.recording import PruneSchedule
+from unlearning_core.recording import DEFAULT_MASK, MASK_KINDS, PruneSchedule
 from unlearning_core.store import LocalBlobStore
 from unlearning_core.training.loop import resolve_device
 
@@ -62,10 +66,14 @@ def main() -> None:
     ap.add_argument("--prune-first", type=float, default=0.99)
     ap.add_argument("--lasts", default=DEFAULT_LASTS, help="last-layer shares to sweep")
     ap.add_argument("--auto-probes", type=int, default=8)
+    ap.add_argument("--masks", default=",".join(MASK_KINDS), help="mask kinds to sweep, side by side")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=RESULTS / "sparsity_sweep.json")
     args = ap.parse_args()
     lasts = parse_floats(args.lasts)
+    masks = [m.strip() for m in args.masks.split(",") if m.strip()]
+    if not masks or any(m not in MASK_KINDS for m in masks):
+        sys.exit(f"--masks takes {', '.join(MASK_KINDS)}, got {args.masks!r}")
     if not lasts or any(not 0.0 <= x < 1.0 for x in lasts):
         sys.exit(f"--lasts must be shares in [0, 1), got {args.lasts!r}")
     device = resolve_device(args.device)
@@ -77,6 +85,7 @@ def main() -> None:
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "forget_class": args.forget_class, "class_batch_share": args.share,
         "prune_first": args.prune_first, "recovery_steps": 0, "points": [],
+        "mask_kinds": masks, "default_mask": DEFAULT_MASK, "masks": {},
     }
     with tempfile.TemporaryDirectory(prefix="lethe-sweep-") as tmp, stopwatch() as total:
         spec = dataset_spec(args.dataset, limit=args.limit or None, test_limit=args.test_limit or None,
@@ -106,20 +115,28 @@ def main() -> None:
 
         amn = point("amnesiac", {}, 0.0, None)
         result["amnesiac"] = {k: v for k, v in amn.items() if k != "details"}
-        for last in lasts:
-            share = pruned_share(PruneSchedule(args.prune_first, last), run.spec.tensors)
-            row = point("partial-amnesiac", {"prune_first": args.prune_first, "prune_last": last},
-                        share, last)
-            result["points"].append({k: v for k, v in row.items() if k != "details"})
-        zero = [p for p in result["points"] if p["forget_acc"] == 0.0]
-        result["largest_zero_forget"] = max(zero, key=lambda p: p["pruned_share"]) if zero else None
-        auto = point("partial-amnesiac",
-                     {"prune_first": args.prune_first,
-                      "prune_search": PruneSearch(max_probes=args.auto_probes)},
-                     0.0, None)
-        d = auto.pop("details")
-        auto.update(prune_last=d["prune_last"], pruned_share=d["pruned_share"], search=d["prune_auto"])
-        result["auto"] = auto
+        for mask in masks:
+            sweep: dict[str, Any] = {"points": []}
+            for last in lasts:
+                share = pruned_share(PruneSchedule(args.prune_first, last), run.spec.tensors)
+                row = point("partial-amnesiac", {"prune_first": args.prune_first, "prune_last": last, "mask": mask},
+                            share, last)
+                sweep["points"].append({k: v for k, v in row.items() if k != "details"} | {"mask": mask})
+            zero = [p for p in sweep["points"] if p["forget_acc"] == 0.0]
+            sweep["largest_zero_forget"] = max(zero, key=lambda p: p["pruned_share"]) if zero else None
+            auto = point("partial-amnesiac",
+                         {"prune_first": args.prune_first, "mask": mask,
+                          "prune_search": PruneSearch(max_probes=args.auto_probes)},
+                         0.0, None)
+            d = auto.pop("details")
+            auto.update(prune_last=d["prune_last"], pruned_share=d["pruned_share"], search=d["prune_auto"],
+                        mask=mask)
+            sweep["auto"] = auto
+            result["masks"][mask] = sweep
+        top = result["masks"].get(DEFAULT_MASK) or next(iter(result["masks"].values()))
+        result["points"], result["largest_zero_forget"], result["auto"] = (
+            top["points"], top["largest_zero_forget"], top["auto"],
+        )
     result["wall_seconds"] = total["seconds"]
     png = args.out.with_suffix(".png")
     plot(result, png)
@@ -128,28 +145,31 @@ def main() -> None:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     plt = pyplot()
-    pts = result["points"]
-    xs = [p["pruned_share"] for p in pts]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(xs, [p["retain_acc"] for p in pts], "o-", color="#1f77b4", label="partial: retain acc")
-    ax.plot(xs, [p["forget_acc"] for p in pts], "s--", color="#d62728", label="partial: forget acc")
+    sweeps = result.get("masks") or {"": {"points": result["points"], "auto": result["auto"]}}
+    styles = {"fixed": "-", "random": "--", "magnitude": ":", "": "-"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for mask, sweep in sweeps.items():
+        pts = sweep["points"]
+        xs = [p["pruned_share"] for p in pts]
+        tag = f" ({mask})" if mask else ""
+        ls = styles.get(mask, "-")
+        ax.plot(xs, [p["retain_acc"] for p in pts], marker="o", ls=ls, color="#1f77b4", ms=4,
+                label=f"partial{tag}: retain acc")
+        ax.plot(xs, [p["forget_acc"] for p in pts], marker="s", ls=ls, color="#d62728", ms=4,
+                label=f"partial{tag}: forget acc")
+        auto = sweep["auto"]
+        ax.scatter([auto["pruned_share"]], [auto["retain_acc"]], color="#ff7f0e", marker="*", s=160, zorder=4,
+                   label=f"--prune auto{tag} ({auto['pruned_share']:.3f}, forget {auto['forget_acc']:.2f})")
     a = result["amnesiac"]
     ax.scatter([0], [a["retain_acc"]], color="#1f77b4", marker="D", s=50, label="amnesiac (0 pruned): retain")
     ax.scatter([0], [a["forget_acc"]], color="#d62728", marker="D", s=50)
     ax.axhline(result["original"]["retain_acc"], color="#999999", lw=1, ls=":", label="original retain acc")
-    best = result["largest_zero_forget"]
-    if best is not None:
-        ax.axvline(best["pruned_share"], color="#2ca02c", lw=1, ls="--",
-                   label=f"largest sweep pruning with forget 0 ({best['pruned_share']:.3f})")
-    auto = result["auto"]
-    ax.scatter([auto["pruned_share"]], [auto["retain_acc"]], color="#ff7f0e", marker="*", s=220, zorder=4,
-               label=f"--prune auto ({auto['pruned_share']:.3f}, forget {auto['forget_acc']:.2f})")
     ax.set_xlabel("share of stored update entries pruned (parameter-weighted)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.0)
     ax.set_title(f"{result['model']}, class {result['forget_class']} in {result['class_batch_share']:.0%} "
                  f"of batches, first layer {result['prune_first']}, {result['device']}")
-    ax.legend(fontsize=7, loc="center left")
+    ax.legend(fontsize=6, loc="center left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

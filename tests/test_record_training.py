@@ -30,7 +30,7 @@ from unlearning_core.methods.amnesiac import subtract_steps
 from unlearning_core.pipeline import apply_method
 from unlearning_core.recording import decode_update
 from unlearning_core.recording.loop import normalise_sample_ids
-from unlearning_core.recording.masks import random_keep
+from unlearning_core.recording.masks import fixed_keep, random_keep
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.store import LocalBlobStore
 
@@ -183,7 +183,8 @@ def test_full_recording_is_what_lethe_train_records_and_unlearns_exactly(tmp_pat
     assert run.ledger().subtracted_steps == affected
 
 
-def test_partial_recording_subtracts_exactly_the_stored_pruned_updates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mask", ["fixed", "random"])
+def test_partial_recording_subtracts_exactly_the_stored_pruned_updates(tmp_path: Path, mask: str) -> None:
     store = LocalBlobStore(tmp_path)
     torch.manual_seed(1)
     model = tiny_net(width=16, bn=True)
@@ -192,9 +193,10 @@ def test_partial_recording_subtracts_exactly_the_stored_pruned_updates(tmp_path:
     before = float_state(model)
     with record_training(model, opt, store=store, run_id="own-partial", model_factory=FACTORY,
                          model_kwargs={"width": 16, "bn": True}, mode="partial", prune_first=0.9,
-                         prune_last=0.3, mask_seed=5) as rec:
+                         prune_last=0.3, mask_seed=5, mask=mask) as rec:
         states = sgd_loop(model, opt, rec, steps=steps)
     run = open_artifact(store, "own-partial")
+    assert run.spec.recording.mask == mask
     assert run.spec.method == "partial-amnesiac" and run.spec.loop.model_kwargs == {"width": 16, "bn": True}
     # layers in depth order (fc1, bn, head), not in the name order run.json's sorted keys have
     assert list(run.spec.tensors)[:2] == ["fc1.weight", "fc1.bias"]
@@ -202,10 +204,11 @@ def test_partial_recording_subtracts_exactly_the_stored_pruned_updates(tmp_path:
     assert fmt.shares["fc1.weight"] == pytest.approx(0.9) and fmt.shares["bn.running_var"] == pytest.approx(0.6)
     assert fmt.shares["head.bias"] == pytest.approx(0.3)
     updates = stored_updates(run)
-    for k, update in enumerate(updates):  # stored = random mask x true update
+    for k, update in enumerate(updates):  # stored = mask x true update (fixed: one mask for every step)
         prev = before if k == 0 else states[k - 1]
         for name, u in update.items():
-            keep = random_keep(u.shape, fmt.shares[name], seed=5, epoch=0, batch=k, tensor_name=name)
+            keep = (fixed_keep(u.shape, fmt.shares[name], seed=5, tensor_name=name) if mask == "fixed" else
+                    random_keep(u.shape, fmt.shares[name], seed=5, epoch=0, batch=k, tensor_name=name))
             assert torch.equal(u, (states[k][name] - prev[name]) * keep), (k, name)
         assert int((update["fc1.weight"] != 0).sum()) < 0.25 * update["fc1.weight"].numel()
     forget = {IDS[steps[2][1][0]]}

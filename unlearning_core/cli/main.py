@@ -39,6 +39,7 @@ class Record(str, Enum):
 
 
 class Mask(str, Enum):
+    fixed = "fixed"
     random = "random"
     magnitude = "magnitude"
 
@@ -108,8 +109,8 @@ def train(
     sisa_by_subject: Annotated[bool, typer.Option("--sisa-by-subject", help="SISA: keep all samples of a data subject in one shard and slice.")] = False,
     prune_first: Annotated[float, typer.Option("--prune-first", help="Pruning share of the first layer's updates.")] = 0.99,
     prune_last: Annotated[float, typer.Option("--prune-last", help="Pruning share of the last layer's updates.")] = 0.5,
-    mask: Mask = Mask.random,
-    mask_seed: Annotated[int | None, typer.Option("--mask-seed", help="Seed of random masks (default: --seed).")] = None,
+    mask: Annotated[Mask, typer.Option(help="How partial recording prunes: fixed (one mask per layer for the whole run, stored once; steps store only the kept values: fastest to record and unlearn), random (a new mask per step) or magnitude (each step's largest entries).")] = Mask.fixed,  # = recording.masks.DEFAULT_MASK
+    mask_seed: Annotated[int | None, typer.Option("--mask-seed", help="Seed of fixed and random masks (default: --seed).")] = None,
     dtype: Annotated[StoreDtype, typer.Option(help="Precision of stored updates.")] = StoreDtype.float32,
     concentrate: Annotated[str | None, typer.Option(help="K:Q puts every training sample of class K into a share Q of the batches; subjects=ID,ID,...:Q does the same with those data subjects' samples.")] = None,
     subject_size: Annotated[int | None, typer.Option("--subject-size", min=1, help="Group consecutive training samples into data subjects of N.")] = None,

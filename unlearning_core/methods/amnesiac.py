@@ -2,23 +2,22 @@
 
 For the forget set, find every step whose batch held one of its samples, sum those steps'
 stored (pruned) updates and subtract the sum from the lineage's latest version. Cost is
-the bytes of the affected updates: only their blobs are read, with a small read-ahead.
-Steps already in the lineage's ledger are skipped, so no batch is subtracted twice.
+the bytes of the affected updates: only their blobs are read, ahead of the summation on a
+thread pool and within a memory bound (:mod:`unlearning_core.recording.prefetch`), and
+summed in float32 on the request's device (:class:`unlearning_core.recording.UpdateSum`:
+with fixed masks a sum of packed vectors and one scatter). Steps already in the lineage's
+ledger are skipped, so no batch is subtracted twice.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-
-import torch
-from tqdm.auto import tqdm
-
+from dataclasses import replace
 from typing import ClassVar, Literal
 
+import torch
 from pydantic import Field
+from tqdm.auto import tqdm
 
 from unlearning_core.errors import MethodError, RunError
 from unlearning_core.methods.base import (
@@ -28,7 +27,7 @@ from unlearning_core.methods.base import (
     recover,
     register_method,
 )
-from unlearning_core.methods.batchnorm import repair_batchnorm
+from unlearning_core.methods.batchnorm import batchnorm_layers, repair_batchnorm
 from unlearning_core.methods.layerwise import DEFAULT_PRUNE
 from unlearning_core.methods.options import MethodOptions, PruneOptions
 from unlearning_core.methods.prune_search import (
@@ -37,12 +36,17 @@ from unlearning_core.methods.prune_search import (
     resolve_criterion,
     search_prune,
 )
-from unlearning_core.recording import PruneSchedule, decode_update
+from unlearning_core.recording import (
+    READ_AHEAD_BYTES,
+    PruneSchedule,
+    UpdateFormat,
+    UpdateSum,
+    serial,
+)
+from unlearning_core.recording.masks import MaskKind
+from unlearning_core.recording.prefetch import Prefetch
 from unlearning_core.runs.artifact import RecordedRun
-from unlearning_core.runs.spec import BlobPointer
 from unlearning_core.vocab import Guarantee, TrainingMethod
-
-READ_AHEAD = 4
 
 
 class AmnesiacOptions(MethodOptions):
@@ -61,6 +65,11 @@ class AmnesiacOptions(MethodOptions):
 
 
 class PartialAmnesiacOptions(AmnesiacOptions, PruneOptions):
+    mask: MaskKind | None = Field(
+        default=None,
+        description="a run that recorded full updates: the mask that prunes them now (fixed, "
+        "random or magnitude) [default: the run's]; a partial run keeps the mask it recorded",
+    )
     prune_search: PruneSearch | None = Field(
         default=None,
         description="--prune auto: search the largest last-layer pruning that still forgets "
@@ -98,16 +107,17 @@ def prune_shares(
     return schedule.tensor_shares(names)
 
 
-def _fetch(run: RecordedRun, pointers: list[BlobPointer]) -> Iterator[bytes]:
-    """Blobs in order, verified against the run's sha256s, read ahead on a thread pool."""
-    with ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="lethe-reader") as pool:
-        window: deque[Future[bytes]] = deque()
-        for p in pointers:
-            window.append(pool.submit(run.store.get, p.key, expected_sha256=p.sha256))
-            if len(window) >= READ_AHEAD:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+def update_format(run: RecordedRun, mask: str | None = None) -> UpdateFormat:
+    """The run's update format; ``mask`` prunes a full recording with another mask kind."""
+    fmt = run.update_format()
+    if mask is None or mask == fmt.mask:
+        return fmt
+    if fmt.mode != "full":
+        raise RunError(
+            f"run {run.run_id!r} recorded {fmt.mode} updates with {fmt.mask} masks; only a run that "
+            f"recorded full updates can be pruned with another mask ({mask})"
+        )
+    return replace(fmt, mask=mask)  # type: ignore[arg-type]
 
 
 def subtract_steps(
@@ -119,28 +129,45 @@ def subtract_steps(
     device: torch.device,
     progress: bool = False,
     desc: str = "subtract",
+    mask: str | None = None,
+    max_bytes: int = READ_AHEAD_BYTES,
+    workers: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """``state`` minus the sum of the given steps' stored updates; also the bytes read."""
-    fmt = run.update_format()
+    """``state`` minus the sum of the given steps' stored updates; also the bytes read.
+
+    The blobs are read (ahead on ``workers`` threads, default by the store: see
+    :func:`unlearning_core.recording.prefetch.auto_workers`; at most ``max_bytes`` held at
+    once) while earlier ones are summed in float32 on ``device``; ``mask`` prunes a full
+    recording with another mask kind.
+    """
+    fmt = update_format(run, mask)
     blobs = run.update_blobs
-    total = {n: torch.zeros(s, dtype=torch.float32, device=device) for n, s in fmt.shapes.items()}
+    total = UpdateSum(fmt, prune=prune, device=device)
     bytes_read = 0
+    pointers = [blobs[s] for s in steps]
+    epochs, batches = run.index.epochs, run.index.batches
     with tqdm(total=len(steps), desc=desc, disable=not progress, leave=False) as bar:
-        for step, data in zip(steps, _fetch(run, [blobs[s] for s in steps]), strict=True):
+        for i, data in Prefetch(run.store, pointers, max_bytes=max_bytes, workers=workers):
+            step = steps[i]
             bytes_read += len(data)
-            update = decode_update(
-                data, fmt, epoch=int(run.index.epochs[step]), batch=int(run.index.batches[step]),
-                prune=prune, device=device,
-            )
-            for name, delta in update.items():
-                total[name] += delta
+            total.add(data, epoch=int(epochs[step]), batch=int(batches[step]))
+            del data
             bar.update(1)
     out = dict(state)
-    for name, delta in total.items():
-        out[name] = (state[name].to(device=device, dtype=torch.float32) - delta).to(
-            dtype=state[name].dtype, device="cpu"
-        )
+    for name, delta in total.result().items():
+        out[name] = serial.minus(state[name], delta)
     return out, bytes_read
+
+
+def model_with_fresh(run: RecordedRun, state: dict[str, torch.Tensor], *, fresh: set[str]) -> torch.nn.Module:
+    """The run's model holding ``state``: the tensors named in ``fresh`` (just computed, owned
+    by nobody else) become its parameters and buffers as they are (``assign``: no copy, which
+    on a busy CPU costs more than the whole subtraction of a small erasure); the others are
+    copied."""
+    model = run.new_model()
+    owned = {k: v if k in fresh else v.clone() for k, v in state.items()}
+    model.load_state_dict(owned, assign=True)
+    return model
 
 
 @register_method
@@ -161,6 +188,7 @@ class AmnesiacMethod(UnlearningMethod):
             )
         opts = ctx.options_as(AmnesiacOptions)
         shares = opts if isinstance(opts, PruneOptions) else PruneOptions()
+        mask = opts.mask if isinstance(opts, PartialAmnesiacOptions) else None
         search_for = opts.prune_search if isinstance(opts, PartialAmnesiacOptions) else None
         prune = prune_shares(
             run, partial=self.partial, prune_first=shares.prune_first, prune_last=shares.prune_last
@@ -175,9 +203,10 @@ class AmnesiacMethod(UnlearningMethod):
             state, bytes_read, search = self._search(ctx, parent, todo, search_for)
         else:
             state, bytes_read = subtract_steps(
-                run, parent, todo, prune=prune, device=ctx.device, progress=ctx.progress, desc=self.name
+                run, parent, todo, prune=prune, device=ctx.device, progress=ctx.progress, desc=self.name,
+                mask=mask,
             )
-        model = run.model_with(state)
+        model = model_with_fresh(run, state, fresh=set() if search_for is not None else set(run.spec.tensors))
         bn = self._repair_bn(ctx, model)
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
@@ -196,6 +225,7 @@ class AmnesiacMethod(UnlearningMethod):
                 "batches_subtracted": len(todo),
                 "batches_already_subtracted": len(affected) - len(todo),
                 "bytes_read": bytes_read,
+                **({"mask": mask} if mask is not None else {}),
                 **bn,
                 **search,
             },
@@ -205,6 +235,8 @@ class AmnesiacMethod(UnlearningMethod):
         """Subtracted moving averages are not statistics of any data: see methods/batchnorm."""
         run: RecordedRun = ctx.artifact
         opts = ctx.options_as(AmnesiacOptions)
+        if not batchnorm_layers(model):
+            return {}  # nothing to repair: skip gathering the retained samples
         return repair_batchnorm(
             model, ctx.dataset.train.subset(ctx.retain_positions()), mode=opts.bn_repair,
             device=ctx.device, batch_size=opts.batch_size or run.spec.training.batch_size,
@@ -236,7 +268,7 @@ class AmnesiacMethod(UnlearningMethod):
             nonlocal bytes_read
             state, n = subtract_steps(
                 run, parent, todo, prune=schedule.tensor_shares(run.spec.tensors),
-                device=ctx.device, progress=ctx.progress, desc=f"{self.name} auto",
+                device=ctx.device, progress=ctx.progress, desc=f"{self.name} auto", mask=opts.mask,
             )
             bytes_read += n
             model = run.model_with(state)

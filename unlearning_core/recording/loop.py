@@ -72,8 +72,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from unlearning_core.errors import LetheError, RunError
 from unlearning_core.recording.codec import STORE_DTYPES
-from unlearning_core.recording.masks import MASK_KINDS, PruneSchedule
-from unlearning_core.recording.recorder import UpdateRecorder
+from unlearning_core.recording.masks import DEFAULT_MASK, MASK_KINDS, PruneSchedule
+from unlearning_core.recording.recorder import UpdateRecorder, store_fixed_masks
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.factory import check_factory as check_model_factory
 from unlearning_core.runs.factory import factory_name
@@ -110,9 +110,9 @@ def record_training(
     mode: Literal["full", "partial"] = "partial",
     prune_first: float = 0.99,
     prune_last: float = 0.5,
-    mask: Literal["random", "magnitude"] = "random",
+    mask: Literal["fixed", "random", "magnitude"] = DEFAULT_MASK,
     mask_seed: int | None = None,
-    dtype: Literal["float32", "float16"] = "float32",
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32",
     seed: int | None = None,
     metadata: Mapping[str, Any] | None = None,
     distributed: bool | None = None,
@@ -139,8 +139,13 @@ def record_training(
             state-dict keys and shapes.
         mode: ``full`` (every update, for ``amnesiac``) or ``partial`` (layer-wise pruned
             with ``prune_first`` -> ``prune_last`` and ``mask``, for ``partial-amnesiac``).
-        mask_seed: seed of random masks (default ``seed``, else 0).
-        dtype: precision of stored updates.
+        mask: how a partial run prunes: ``fixed`` (one mask per tensor for the whole run,
+            stored once; each step stores only the kept values, contiguous: the fastest to
+            record and to unlearn), ``random`` (a new mask per step, regenerated from the
+            seed) or ``magnitude`` (the largest entries of each step, indices stored).
+        mask_seed: seed of the fixed / random masks (default ``seed``, else 0).
+        dtype: precision of stored updates (``float32``, ``float16`` or ``bfloat16``; always
+            summed in float32).
         seed: the run's seed, kept in ``run.json`` (recording does not seed anything).
         metadata: the caller's own JSON object, kept in ``run.json`` (``loop.metadata``).
         distributed: record a ``torch.distributed`` job (rank 0 writes); default: when a
@@ -473,6 +478,9 @@ class TrainingRecording:
             with torch.no_grad():
                 self._before = {k: live[k].detach().clone() for k in self._names}
             fmt = self._recording.update_format({k: tuple(self._before[k].shape) for k in self._names})
+            fmt, mask_ref = store_fixed_masks(fmt, self.store, self.prefix)
+            if mask_ref is not None:
+                self._recording = self._recording.model_copy(update={"mask_index": BlobPointer.of(mask_ref)})
             self._recorder = UpdateRecorder(
                 self.module, fmt=fmt, store=self.store, prefix=self.prefix,
                 writers=self._writers, max_pending=self._max_pending,

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unlearning_core.recording.codec import UpdateFormat, encode_update, serialize
+from unlearning_core.recording.codec import UpdateFormat, encode_update, serialize, with_fixed_masks
 from unlearning_core.store import BlobRef, BlobStore
+
+#: Where a partial run with fixed masks keeps them, under its prefix.
+MASK_INDEX = "mask.safetensors"
 
 
 def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -31,6 +34,17 @@ def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def update_key(prefix: str, epoch: int, batch: int) -> str:
     return f"{prefix}/updates/e{epoch:03d}-b{batch:05d}.safetensors"
+
+
+def store_fixed_masks(fmt: UpdateFormat, store: BlobStore, prefix: str) -> tuple[UpdateFormat, BlobRef | None]:
+    """For a partial run with fixed masks: generate them from the seed, store them once
+    (``<prefix>/mask.safetensors``) and return the format that encodes with them and the
+    blob (its sha256 goes into ``run.json``). Other formats come back unchanged, with None."""
+    if not fmt.packed:
+        return fmt, None
+    fmt = with_fixed_masks(fmt)
+    assert fmt.fixed is not None
+    return fmt, store.put(f"{prefix}/{MASK_INDEX}", fmt.fixed.to_bytes())
 
 
 @dataclass

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
 import torch
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from unlearning_core.data import Dataset
 from unlearning_core.errors import BlobNotFoundError, RunError
 from unlearning_core.models import create_model
-from unlearning_core.recording import UpdateFormat
-from unlearning_core.runs.factory import build_model
+from unlearning_core.recording import FixedMasks, UpdateFormat
 from unlearning_core.runs.attach import attached_dataset, read_attachment
+from unlearning_core.runs.factory import build_model
 from unlearning_core.runs.ids_only import ids_only_dataset
 from unlearning_core.runs.index import StepIndex
 from unlearning_core.runs.ledger import Ledger, LedgerStore
@@ -23,6 +24,8 @@ from unlearning_core.runs.spec import BlobPointer, DatasetSpec, RunSpec
 from unlearning_core.store import BlobStore
 from unlearning_core.training.loop import OptimConfig
 from unlearning_core.weights import load_state
+
+_POINTERS = TypeAdapter(list[BlobPointer])
 
 
 def run_prefix(run_id: str) -> str:
@@ -86,15 +89,31 @@ class RecordedRun:
     @cached_property
     def update_blobs(self) -> list[BlobPointer]:
         """Per step, the update blob and its sha256 (empty when nothing was recorded)."""
-        return [BlobPointer.model_validate(b) for b in json.loads(self._get(self.spec.updates))]
+        return _POINTERS.validate_json(self._get(self.spec.updates))  # one pass, in pydantic-core
 
     @cached_property
     def sample_table(self) -> dict[str, Any]:
         return json.loads(self._get(self.spec.samples))
 
     def update_format(self) -> UpdateFormat:
-        return self.spec.recording.update_format(
+        """How the updates are laid out; for a partial run with fixed masks, with its stored
+        mask index (read once per :class:`RecordedRun`, verified against its sha256)."""
+        fmt = self.spec.recording.update_format(
             {k: tuple(v) for k, v in self.spec.tensors.items()}
+        )
+        if fmt.packed:
+            fmt = replace(fmt, fixed=self.fixed_masks)
+        return fmt
+
+    @cached_property
+    def fixed_masks(self) -> FixedMasks:
+        """The stored fixed masks of a partial run recorded with ``mask="fixed"``."""
+        rec = self.spec.recording
+        if rec.mode != "partial" or rec.mask != "fixed" or rec.mask_index is None:
+            raise RunError(f"run {self.run_id!r} stores no fixed-mask index (recording {rec.mode}, mask {rec.mask})")
+        fmt = rec.update_format({k: tuple(v) for k, v in self.spec.tensors.items()})
+        return FixedMasks.from_bytes(
+            self._get(rec.mask_index), seed=rec.mask_seed, shares=fmt.shares, shapes=fmt.shapes
         )
 
     def optim(self) -> OptimConfig:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from unlearning_core.data import Dataset
 from unlearning_core.recording import PruneSchedule, UpdateFormat
-from unlearning_core.recording.masks import MaskKind
+from unlearning_core.recording.masks import DEFAULT_MASK, MaskKind
 from unlearning_core.store import BlobRef
 from unlearning_core.vocab import RecordMode, TrainingMethod
 
@@ -76,13 +76,36 @@ class TrainingSpec(BaseModel):
     timeline_every: int | None = Field(default=None, ge=0)
 
 
+#: Version of the recorded-update layout that new runs write. 1: runs written before fixed
+#: masks existed (their ``run.json`` has no ``recording.format``): masks ``random`` and
+#: ``magnitude`` only. 2: adds ``fixed`` masks (packed steps, ``mask_index``); ``random`` and
+#: ``magnitude`` blobs are laid out exactly as in 1, so both versions decode the same way.
+RECORDING_FORMAT = 2
+
+
 class RecordingSpec(BaseModel):
+    #: layout version (see RECORDING_FORMAT); a run.json without it is version 1
+    format: int = RECORDING_FORMAT
     mode: RecordMode
-    mask: MaskKind = "random"
+    mask: MaskKind = DEFAULT_MASK
     mask_seed: int = 0
     prune_first: float = 0.0
     prune_last: float = 0.0
     dtype: str = "float32"
+    #: A partial run with fixed masks: its stored masks (kept flat positions and their draws
+    #: per tensor, ``mask.safetensors``), written once when recording starts.
+    mask_index: BlobPointer | None = None
+
+    @model_validator(mode="after")
+    def _known_layout(self) -> RecordingSpec:
+        if not 1 <= self.format <= RECORDING_FORMAT:
+            raise ValueError(
+                f"recording format {self.format} is newer than this Lethe reads (up to "
+                f"{RECORDING_FORMAT}); upgrade Lethe"
+            )
+        if self.mask == "fixed" and self.format < 2:
+            raise ValueError("fixed masks need recording format 2")
+        return self
 
     def update_format(self, shapes: Mapping[str, tuple[int, ...]]) -> UpdateFormat:
         """How updates recorded under this spec are laid out, for tensors of ``shapes``."""
@@ -199,6 +222,17 @@ class RunSpec(BaseModel):
     def tensor_order(self) -> list[str]:
         """The names of ``tensors`` in depth order, as written to ``run.json``."""
         return list(self.tensors)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recording_format(cls, data: Any) -> Any:
+        """A ``run.json`` written before recording formats were versioned is version 1,
+        whose mask default was ``random``."""
+        if isinstance(data, dict) and isinstance(data.get("recording"), dict):
+            rec = data["recording"]
+            if "format" not in rec:
+                data = {**data, "recording": {"mask": "random", **rec, "format": 1}}
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -8,11 +8,12 @@ import torch
 
 from unlearning_core.data import Dataset
 from unlearning_core.models import create_model
-from unlearning_core.recording import UpdateRecorder, float_state
+from unlearning_core.recording import UpdateRecorder, float_state, store_fixed_masks
 from unlearning_core.report.timeline import TimelineProbe, auto_every, training_observer
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.index import StepIndex
 from unlearning_core.runs.spec import (
+    RECORDING_FORMAT,
     BlobPointer,
     DatasetSpec,
     LineageOrigin,
@@ -67,8 +68,14 @@ def train_run(
         seed=training.seed, concentrate=concentrate,
     )
     recorder = None
+    # Written by this code: the current layout; a fixed-mask run gets its own mask index
+    # (a compaction passes the replaced run's spec, whose index is not this run's).
+    recording = recording.model_copy(update={"format": RECORDING_FORMAT, "mask_index": None})
     if recording.mode != "none":
         fmt = recording.update_format({k: tuple(v.shape) for k, v in float_state(model).items()})
+        fmt, mask_ref = store_fixed_masks(fmt, store, prefix)
+        if mask_ref is not None:
+            recording = recording.model_copy(update={"mask_index": BlobPointer.of(mask_ref)})
         recorder = UpdateRecorder(model, fmt=fmt, store=store, prefix=prefix)
     optim = OptimConfig(lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay)
     total_steps = sum(len(e) for e in plan)
