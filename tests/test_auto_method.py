@@ -65,8 +65,10 @@ async def test_the_service_picks_per_model_and_records_why(  # type: ignore[no-u
 
     ranking = tmp_path / "judge.json"
     ranking.write_text(json.dumps({"time": "t", "ranking": [
-        {"method": "neggrad-plus", "met_target": True, "score": 0.7, "speedup": 40.0},
-        {"method": "amnesiac", "met_target": True, "score": 0.6, "speedup": 90.0}]}))
+        {"method": "neggrad-plus", "met_target": True, "score": 0.7, "speedup": 40.0,
+         "options": {"steps": 3, "alpha": 0.8, "recovery_steps": 2}},
+        {"method": "amnesiac", "met_target": True, "score": 0.6, "speedup": 90.0,
+         "options": {"an_option_amnesiac_lost": 1}}]}))
     monkeypatch.setenv("LETHE_METHOD_RANKING", str(ranking))
     get_settings.cache_clear()
     requester = bearer(api_keys["requester"])
@@ -77,6 +79,11 @@ async def test_the_service_picks_per_model_and_records_why(  # type: ignore[no-u
     # digits-a recorded partial updates: amnesiac cannot use them; digits-b recorded full ones
     assert jobs["digits-b"]["method"] == "amnesiac" and jobs["digits-a"]["method"] == "neggrad-plus", jobs
     assert "inside retraining's intervals" in jobs["digits-b"]["details"]["method_choice"]["reason"]
+    # the judged variant's options go with the method; options the method no longer takes fall back
+    assert jobs["digits-a"]["method_options"]["steps"] == 3 and jobs["digits-a"]["method_options"]["recovery_steps"] == 2
+    assert jobs["digits-a"]["details"]["method_choice"]["options"]["alpha"] == 0.8
+    assert not jobs["digits-b"]["method_options"], jobs["digits-b"]
+    assert "no longer apply" in jobs["digits-b"]["details"]["method_choice"]["reason"]
     assert work() == 2
     done = (await client.get(f"/requests/{r.json()['id']}/status", headers=requester)).json()
     assert done["status"] == "completed", done

@@ -191,6 +191,12 @@ def resolve_targets(*, db: Session, body: ErasureRequestCreate, tenant: str) -> 
                 f"{model.method!r}; it needs a model trained with {' or '.join(repr(str(t)) for t in impl.trained_with)}"
             )
         options = None
+        if choice is not None and choice.get("options"):
+            try:  # the variant the judge ranked: its options and recovery steps
+                options = validate_options(impl, choice["options"]).model_dump(mode="json")
+            except OptionError as exc:  # a ranking written by another version of the method
+                choice = {**choice, "options": {},
+                          "reason": f"{choice['reason']}; its judged options no longer apply ({exc}): defaults"}
         if body.method_options is not None:
             try:
                 options = validate_options(impl, body.method_options).model_dump(mode="json")

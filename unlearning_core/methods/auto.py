@@ -7,7 +7,8 @@ intervals on forget accuracy and the attacks, test accuracy within a point of
 retraining's) and its score. :func:`choose` then picks for one request on one model:
 
 1. only methods that can unlearn what the model's training recorded
-   (:attr:`UnlearningMethod.trained_with`), with their default options;
+   (:attr:`UnlearningMethod.trained_with`), with the options and recovery steps of the
+   variant the judge ranked (its validation search chose them);
 2. a request holding more than ``large_share`` of the training data is outside what the
    judge measured (random forgetting of a small set): the exact method that needs no
    recording (``retrain``; ``sisa`` on a SISA model) is chosen;
@@ -44,6 +45,7 @@ class Judged:
     score: float | None = None  # NeurIPS-style score (retrain's own is the ceiling)
     speedup: float | None = None  # vs retraining, in the same run
     misses: tuple[str, ...] = ()  # the criteria it missed
+    options: dict[str, Any] = field(default_factory=dict)  # what the judged variant ran with
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,17 @@ class Choice:
     method: str
     reason: str
     considered: list[str] = field(default_factory=list)
+    #: the options the judge ran the method with (empty: the method's defaults)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"method": self.method, "reason": self.reason, "considered": self.considered}
+        return {"method": self.method, "reason": self.reason, "considered": self.considered,
+                "options": self.options}
 
 
 def load_ranking(path: str | Path) -> Ranking | None:
     """The ranking in a judge result file (``bench/results/judge.json``: its ``ranking``
-    list of ``{method, met_target, score, speedup, misses}``); None if there is none."""
+    list of ``{method, met_target, score, speedup, misses, options}``); None if there is none."""
     p = Path(path)
     if not p.is_file():
         return None
@@ -87,6 +92,7 @@ def load_ranking(path: str | Path) -> Ranking | None:
         Judged(
             method=str(r["method"]), met_target=bool(r.get("met_target")),
             score=r.get("score"), speedup=r.get("speedup"), misses=tuple(r.get("misses") or ()),
+            options=dict(r.get("options") or {}),
         )
         for r in rows
         if isinstance(r, dict) and r.get("method")
@@ -138,4 +144,6 @@ def choose(
             f"no method met the target in the last judge run{when}; {best.method!r} came closest "
             f"(missing {', '.join(best.misses) or 'the target'}); compaction makes the answer exact"
         )
-    return Choice(best.method, why, [j.method for j in ordered])
+    if best.options:
+        why += f"; with the options it was judged with ({', '.join(f'{k}={v}' for k, v in sorted(best.options.items()))})"
+    return Choice(best.method, why, [j.method for j in ordered], options=dict(best.options))

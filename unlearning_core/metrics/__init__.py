@@ -21,6 +21,25 @@ from unlearning_core.metrics.registry import (
 from unlearning_core.metrics.classification import accuracy, macro_f1, per_class_accuracy
 from unlearning_core.metrics.mia import mia_auc, mia_efficacy
 from unlearning_core.metrics.mia_lira import lira_scores, logit_confidence, mia_auc_lira
+from unlearning_core.metrics.mia_lira import shared_std
+from unlearning_core.metrics.ulira import (
+    ULiraResult,
+    attack_summary,
+    lira_log_ratio,
+    offline_lira_tpr,
+    online_lira_scores,
+    roc_auc,
+    tpr_at_fpr,
+    ulira,
+)
+from unlearning_core.metrics.unlearning_score import (
+    UnlearningScore,
+    epsilon_from_rates,
+    example_epsilon,
+    forget_epsilons,
+    forget_quality,
+    unlearning_score,
+)
 from unlearning_core.metrics.distance import layer_distance, layer_l2
 from unlearning_core.metrics.relearn import relearn_steps
 from unlearning_core.metrics import display  # noqa: F401  (display-only entries, after the metrics)
@@ -33,13 +52,21 @@ __all__ = [
     "MetricNames",
     "MetricSpec",
     "Outputs",
+    "ULiraResult",
+    "UnlearningScore",
     "accuracy",
+    "attack_summary",
     "collect_outputs",
     "compute_metrics",
+    "epsilon_from_rates",
     "evaluate_unlearning",
+    "example_epsilon",
+    "forget_epsilons",
+    "forget_quality",
     "get_metric",
     "layer_distance",
     "layer_l2",
+    "lira_log_ratio",
     "lira_scores",
     "logit_confidence",
     "macro_f1",
@@ -47,12 +74,19 @@ __all__ = [
     "mia_auc",
     "mia_auc_lira",
     "mia_efficacy",
+    "offline_lira_tpr",
+    "online_lira_scores",
     "per_class_accuracy",
     "register_display",
     "register_metric",
     "registered_metrics",
     "relearn_steps",
+    "roc_auc",
+    "shared_std",
     "split_outputs",
     "split_positions",
+    "tpr_at_fpr",
+    "ulira",
+    "unlearning_score",
     "unregister_metric",
 ]

@@ -19,6 +19,24 @@ handful of shadows it sees membership that the global threshold misses.
 
 It reports the AUC of telling forget samples (positives) from unseen test samples;
 0.5 means the attack cannot tell them apart, which is what retraining from scratch gives.
+
+One variance model for both populations. With fewer than four shadows the per-example
+variance cannot be estimated, and LiRA's "fixed variance" variant uses one global standard
+deviation instead (Carlini et al., ``fix_variance``: the spread of the shadow confidences
+over *all* target examples, members and non-members alike). Before, ``mia_auc_lira``
+called :func:`lira_scores` once for the forget and once for the test examples, so each
+population got a global deviation of its own. Those two differ (the forget examples are
+a few hundred samples of a few subjects, the test set is thousands of every kind), and
+dividing the two populations by different deviations shifts one set of scores against the
+other: a candidate that is uniformly a little more (or less) confident than the shadows,
+forget and test alike, got an AUC away from 0.5 although nothing tells its forget samples
+from its test samples. Now :func:`shared_std` computes the one deviation over both
+populations' shadow confidences and both are scored with it (``lira_scores(..., sigma=)``);
+with four shadows or more each example keeps its own deviation, as before. Callers that
+score two populations themselves (the benches) pass the shared deviation the same way.
+
+The per-example *online* attack, with IN shadows as well as OUT shadows (U-LiRA), is
+:mod:`unlearning_core.metrics.ulira`.
 """
 
 from __future__ import annotations
@@ -59,24 +77,49 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
     return float(roc_auc_score(truth, np.concatenate([pos, neg])))
 
 
-def lira_scores(target: np.ndarray, shadows_out: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-example z-score of ``target`` confidences against OUT shadow confidences.
+#: Fewer OUT shadows than this: one global deviation (LiRA's fixed variance), not per example.
+PER_EXAMPLE_MIN_SHADOWS = 4
 
-    ``shadows_out`` holds one array per shadow model, aligned with ``target``. With one
-    shadow the variance cannot be estimated per example, so the global one is used (the
-    "fixed variance" variant of the LiRA paper, also its advice for few shadows).
-    """
+
+def _stack(shadows_out: Sequence[np.ndarray]) -> np.ndarray:
     if len(shadows_out) == 0:
         raise ValueError("LiRA needs at least one shadow model")
-    stack = np.stack([np.asarray(s, dtype=np.float64) for s in shadows_out])
+    return np.stack([np.asarray(s, dtype=np.float64) for s in shadows_out])
+
+
+def shared_std(*populations: Sequence[np.ndarray]) -> float:
+    """The one global deviation of LiRA's fixed-variance variant for several populations
+    scored together (forget and test examples): the standard deviation of every shadow
+    confidence of every population, floored at :data:`MIN_STD`. Each population is a list
+    of per-shadow arrays, as :func:`lira_scores` takes them."""
+    values = [_stack(p).ravel() for p in populations if len(p)]
+    if not values:
+        raise ValueError("LiRA needs at least one shadow model")
+    return max(float(np.concatenate(values).std()), MIN_STD)
+
+
+def lira_scores(
+    target: np.ndarray, shadows_out: Sequence[np.ndarray], *, sigma: float | None = None
+) -> np.ndarray:
+    """Per-example z-score of ``target`` confidences against OUT shadow confidences.
+
+    ``shadows_out`` holds one array per shadow model, aligned with ``target``. With fewer
+    than four shadows the variance cannot be estimated per example, so one global deviation
+    is used (the "fixed variance" variant of the LiRA paper, also its advice for few
+    shadows): ``sigma`` when given, which must be the same for every population compared
+    with these scores (:func:`shared_std` of all of them), else the deviation of these
+    shadows' confidences alone (right only when this is the only population).
+    """
+    stack = _stack(shadows_out)
     if stack.shape[1:] != np.shape(target):
         raise ValueError(f"shadow confidences have shape {stack.shape[1:]}, target {np.shape(target)}")
     mu = stack.mean(axis=0)
-    if len(shadows_out) < 4:
-        sigma = np.full_like(mu, max(float(stack.std()), MIN_STD))
+    if len(shadows_out) < PER_EXAMPLE_MIN_SHADOWS:
+        fixed = shared_std(shadows_out) if sigma is None else max(float(sigma), MIN_STD)
+        sd = np.full_like(mu, fixed)
     else:
-        sigma = np.maximum(stack.std(axis=0, ddof=1), MIN_STD)
-    return (np.asarray(target, dtype=np.float64) - mu) / sigma
+        sd = np.maximum(stack.std(axis=0, ddof=1), MIN_STD)
+    return (np.asarray(target, dtype=np.float64) - mu) / sd
 
 
 def mia_auc_lira(
@@ -94,8 +137,11 @@ def mia_auc_lira(
         return None
     if len(shadow_forget) != len(shadow_test):
         raise ValueError("give each shadow model's outputs on both the forget and the test set")
-    pos = lira_scores(logit_confidence(forget), [logit_confidence(s) for s in shadow_forget])
-    neg = lira_scores(logit_confidence(test), [logit_confidence(s) for s in shadow_test])
+    out_forget = [logit_confidence(s) for s in shadow_forget]
+    out_test = [logit_confidence(s) for s in shadow_test]
+    sigma = shared_std(out_forget, out_test)  # one variance model for both populations
+    pos = lira_scores(logit_confidence(forget), out_forget, sigma=sigma)
+    neg = lira_scores(logit_confidence(test), out_test, sigma=sigma)
     return _auc(pos, neg)
 
 
