@@ -39,7 +39,10 @@ browser:
 run: install
 	$(VENV)/bin/lethe serve
 
+# bench/provenance.py --check lists benchmark results whose code changed since they were
+# written (never reruns them: benchmarks are too long for a test run).
 test: install services browser
+	$(PY) bench/provenance.py --check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The documentation site (mkdocs.yml, docs/). Strict: a broken link or an unknown benchmark

@@ -20,6 +20,10 @@ $LETHE train "${common[@]}" --run-id single --method amnesiac >&2
 $LETHE train "${common[@]}" --run-id sisa --method sisa --shards 8 --slices 4 --sisa-by-subject >&2
 out=bench/results/compare_fashion.json
 mkdir -p bench/results
+PY=${PY:-.venv/bin/python}
+METHODS=${METHODS:-retrain,sisa,amnesiac,partial-amnesiac,label-flip,neg-grad,partial-label-flip,partial-neg-grad,neggrad-plus,scrub,salun,l1-sparse,partial-neggrad-plus,partial-scrub,partial-salun,partial-l1-sparse}
+# the result with its provenance (commit, machine, load, the code lethe ran: bench/provenance.py)
 $LETHE unlearn --store "$store" --run-id single --sisa-run-id sisa --device "$DEVICE" --json \
-    --compare retrain,sisa,amnesiac,partial-amnesiac,label-flip,neg-grad,partial-label-flip,partial-neg-grad \
-    --recovery-steps "${RECOVERY_STEPS:-0}" "${forget[@]}" | tail -n 1 | tee "$out"
+    --compare "$METHODS" --recovery-steps "${RECOVERY_STEPS:-0}" "${forget[@]}" \
+    | $PY bench/provenance.py --stamp "$out" --command "EPOCHS=$EPOCHS DEVICE=$DEVICE bash bench/compare_fashion.sh $*" \
+    | tail -n 1

@@ -3,8 +3,8 @@
 The same code as the bounded test in ``make test`` (private PostgreSQL, Redis, moto and
 Celery workers; nothing shared is touched), with ``--requests`` erasure requests per fault
 (default 10) and three worker kills instead of one. Writes the figures per fault (sent,
-completed, failed with a readable error, lost, duplicated versions, double subtractions,
-job attempts, seconds) to ``--out`` and prints them as one JSON object on the last line.
+completed, failed with a readable error, lost, duplicated versions, whether the served
+weights equal the trained ones minus each affected step exactly once, job attempts, seconds) to ``--out`` and prints them as one JSON object on the last line.
 
     python bench/faults.py                 # about 5 minutes on 2 CPU cores
     python bench/faults.py --requests 25 --out bench/results/faults-25.json

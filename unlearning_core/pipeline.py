@@ -21,6 +21,7 @@ from unlearning_core.methods.base import UnlearnContext, UnlearnOutcome, get_met
 from unlearning_core.methods.options import MethodOptions, OptionError
 from unlearning_core.methods.publish import publish_version
 from unlearning_core.metrics import MetricNames, accuracy, collect_outputs, evaluate_unlearning
+from unlearning_core.metrics.distance import states_differ
 from unlearning_core.artifacts import open_artifact
 from unlearning_core.runs.artifact import RecordedRun
 from unlearning_core.runs.ledger import LedgerStore, VersionEntry
@@ -227,6 +228,8 @@ def report(
         forget_set = ctx.dataset.train.subset(ctx.forget_positions)
         original_forget_acc = accuracy(collect_outputs(original, forget_set, device=device))
         out["original_forget_acc"] = original_forget_acc
+        # vs the trained weights: a method that left them as they were timed nothing
+        out["weights_changed"] = states_differ(outcome.model.state_dict(), original_state)
         out.update(
             evaluate_unlearning(
                 outcome.model, ctx.dataset, ctx.forget_positions, device=device,
@@ -334,7 +337,9 @@ def compare(
         if base is None:
             break
         spent = row["unlearn_seconds"] + row["recovery_seconds"]
-        row["speedup_vs_retrain"] = base["unlearn_seconds"] / spent if spent > 0 else None
+        # a method that left the weights as they were timed nothing: no speed-up to report
+        changed = row.get("weights_changed", True) or row["method"] in ("retrain", "sisa")
+        row["speedup_vs_retrain"] = base["unlearn_seconds"] / spent if spent > 0 and changed else None
         row["retrain_gap"] = {
             k: (row[k] - base[k]) if row.get(k) is not None and base.get(k) is not None else None
             for k in GAP_METRICS

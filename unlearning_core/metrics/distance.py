@@ -23,6 +23,16 @@ def layer_l2(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> di
     return {layer: s**0.5 for layer, s in sums.items()}
 
 
+def states_differ(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    """Whether two states differ in any floating-point tensor (bit for bit). A method whose
+    model does not differ from the one it started from did nothing, and its seconds must not
+    be read as a speed-up (benches report such a row as "no change")."""
+    names = [k for k, v in a.items() if torch.is_floating_point(v)]
+    if set(names) != {k for k, v in b.items() if torch.is_floating_point(v)}:
+        return True
+    return any(not torch.equal(a[k].detach().cpu(), b[k].detach().cpu()) for k in names)
+
+
 def layer_distance(
     state: Mapping[str, torch.Tensor],
     original: Mapping[str, torch.Tensor],
