@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +49,8 @@ def main() -> None:
     ap.add_argument("--prune-first", type=float, default=0.99)
     ap.add_argument("--prune-last", type=float, default=0.5)
     ap.add_argument("--random-fraction", type=float, default=0.01)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="training rounds, each trains none / full / partial in another order (medians)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "amnesiac_fashion.json")
     args = ap.parse_args()
@@ -66,23 +69,42 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
         store = LocalBlobStore(Path(tmp))
-        for mode in ("none", "full", "partial"):
-            started = time.perf_counter()
-            run = train_run(
-                store, run_id=mode, dataset=data, dataset_spec=DatasetSpec(spec=args.dataset),
-                model_name=args.model, training=training,
-                recording=RecordingSpec(mode=mode, prune_first=args.prune_first, prune_last=args.prune_last),
-                device=device, progress=True,
-            )
-            r = run.spec.results
-            result["training"][mode] = {
-                "train_seconds": r.train_seconds, "total_seconds": time.perf_counter() - started,
-                "stall_seconds": r.stall_seconds, "storage_bytes": r.storage_bytes, "steps": r.steps,
-            }
-            print(f"trained {mode}: {result['training'][mode]}", file=sys.stderr)
-        base = result["training"]["none"]["train_seconds"]
-        for mode in ("full", "partial"):
-            result["training"][mode]["overhead_vs_none"] = result["training"][mode]["train_seconds"] / base - 1
+        modes = ("none", "full", "partial")
+        rounds: list[dict[str, dict]] = []
+        for k in range(args.repeats):  # interleaved, so that a busy spell hits every mode
+            order = modes[k % 3:] + modes[:k % 3]
+            measured: dict[str, dict] = {}
+            for mode in order:
+                started = time.perf_counter()
+                run = train_run(
+                    store, run_id=f"{mode}-r{k}", dataset=data, dataset_spec=DatasetSpec(spec=args.dataset),
+                    model_name=args.model, training=training,
+                    recording=RecordingSpec(mode=mode, prune_first=args.prune_first, prune_last=args.prune_last),
+                    device=device, progress=True,
+                )
+                r = run.spec.results
+                measured[mode] = {
+                    "train_seconds": r.train_seconds, "total_seconds": time.perf_counter() - started,
+                    "stall_seconds": r.stall_seconds, "backpressure_seconds": r.backpressure_seconds,
+                    "storage_bytes": r.storage_bytes, "steps": r.steps, "weights_sha256": run.spec.trained_weights.sha256,
+                }
+                print(f"round {k} trained {mode}: {measured[mode]}", file=sys.stderr)
+            rounds.append(measured)
+        last = args.repeats - 1
+        for mode in modes:
+            xs = [r[mode] for r in rounds]
+            row = {key: statistics.median(x[key] for x in xs) for key in
+                   ("train_seconds", "total_seconds", "stall_seconds", "backpressure_seconds")}
+            row.update(storage_bytes=xs[0]["storage_bytes"], steps=xs[0]["steps"],
+                       train_seconds_all=[x["train_seconds"] for x in xs])
+            if mode != "none":
+                # the median of each round's ratio: a busy spell moves both sides of a round
+                row["overhead_vs_none"] = statistics.median(
+                    r[mode]["train_seconds"] / r["none"]["train_seconds"] - 1 for r in rounds)
+            result["training"][mode] = row
+        # recording only reads the model: every mode trains the same weights
+        result["same_weights"] = len({r[m]["weights_sha256"] for r in rounds for m in modes}) == 1
+        result["repeats"] = args.repeats
         result["storage_partial_over_full"] = (
             result["training"]["partial"]["storage_bytes"] / result["training"]["full"]["storage_bytes"]
         )
@@ -97,7 +119,7 @@ def main() -> None:
         }
         for name, forget in scenarios.items():
             result[name] = {}
-            for method, run_id in (("amnesiac", "full"), ("partial-amnesiac", "partial")):
+            for method, run_id in (("amnesiac", f"full-r{last}"), ("partial-amnesiac", f"partial-r{last}")):
                 out = unlearn(store, run_id=run_id, method=method, forget=forget, device=device,
                               progress=True, publish=False)
                 result[name][method] = {k: out.get(k) for k in KEEP}

@@ -130,7 +130,8 @@ def train_once(
     }
     if rec is not None:
         res = rec.run.spec.results
-        out.update(steps=res.steps, storage_bytes=res.storage_bytes, stall_seconds=res.stall_seconds)
+        out.update(steps=res.steps, storage_bytes=res.storage_bytes, stall_seconds=res.stall_seconds,
+                   backpressure_seconds=res.backpressure_seconds)
     else:
         out["steps"] = args.epochs * len(loader)
     return out
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 storage_bytes=xs[0]["storage_bytes"],
                 bytes_per_step=round(xs[0]["storage_bytes"] / max(xs[0]["steps"], 1)),
                 stall_seconds_median=round(statistics.median(x["stall_seconds"] for x in xs), 3),
+                # of the stall: the training thread waiting for a slot in the writers' queue
+                backpressure_seconds_median=round(statistics.median(x["backpressure_seconds"] for x in xs), 3),
             )
         variants[variant] = row
     result["test_acc"] = round(test_accuracy(reference, data, args), 4)

@@ -376,7 +376,7 @@ def test_an_old_run_still_unlearns_identically(tmp_path: Path, mode: str, mask: 
 
 def test_recording_format_is_versioned() -> None:
     spec = RecordingSpec(mode="partial")
-    assert spec.format == RECORDING_FORMAT == 2 and spec.mask == DEFAULT_MASK == "fixed"
+    assert spec.format == RECORDING_FORMAT == 3 and spec.mask == DEFAULT_MASK == "fixed"
     with pytest.raises(ValueError, match="newer than this Lethe reads"):
         RecordingSpec(mode="full", format=RECORDING_FORMAT + 1)
     with pytest.raises(ValueError, match="fixed masks need recording format 2"):

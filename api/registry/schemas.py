@@ -84,9 +84,29 @@ class ModelCreate(BaseModel):
         lt=1.0,
         description="Pruning share of the last layer's recorded updates",
     )
-    mask: Literal["random", "magnitude"] = "random"
-    dtype: Literal["float32", "float16"] = Field(
-        default="float32", description="Precision of stored updates"
+    mask: Literal["fixed", "random", "magnitude"] = Field(
+        default="fixed",
+        description="How partial recording prunes: fixed (one mask per layer, stored once; steps "
+        "store only the kept values), random (a new mask per step) or magnitude",
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32", description="Precision of stored updates (summed in float32)"
+    )
+    skip_layers: int = Field(
+        default=0, ge=0, le=10_000,
+        description="Partial recording: the first N layers are not recorded at all",
+    )
+    group_steps: int = Field(
+        default=1, ge=1, le=100_000,
+        description="One recorded update per K optimizer steps of an epoch (their sum)",
+    )
+    compression: Literal["none", "zlib"] = Field(
+        default="none", description="zlib: each stored update compressed (lossless; fewer bytes, slower)"
+    )
+    max_storage_bytes: int | None = Field(
+        default=None, gt=0,
+        description="Budget for the recorded updates: float16, then coarser group_steps, until "
+        "the estimate fits; the training fails with the estimate if nothing does",
     )
     shards: int = Field(default=8, ge=1, le=256, description="SISA: shards")
     slices: int = Field(default=4, ge=1, le=256, description="SISA: slices per shard")

@@ -610,7 +610,7 @@ def render_amnesiac_fashion(name: str, data: Mapping[str, Any]) -> str:
     modes = [m for m in ("none", "full", "partial") if m in t]
     full_bytes = t.get("full", {}).get("storage_bytes")
 
-    def train_cell(m: str) -> str:
+    def train_cell(m: str) -> str:  # medians over interleaved rounds when the file has them
         s = secs(t[m]["train_seconds"])
         return s + (
             f" ({share(t[m]['overhead_vs_none'], 0, True)})" if "overhead_vs_none" in t[m] else ""
@@ -630,6 +630,10 @@ def render_amnesiac_fashion(name: str, data: Mapping[str, Any]) -> str:
             [
                 "training thread stalled by the recorder, s",
                 *(secs(t[m].get("stall_seconds")) for m in modes),
+            ],
+            [
+                "of which the writers' queue was full (back-pressure), s",
+                *(secs(t[m].get("backpressure_seconds")) if "backpressure_seconds" in t[m] else "-" for m in modes),
             ],
             ["stored updates", *(store_cell(m) for m in modes)],
             ["steps", *(_num(t[m].get("steps")) for m in modes)],
@@ -1303,11 +1307,13 @@ def render_record_overhead(name: str, data: Mapping[str, Any]) -> str:
             "-" if "bytes_per_step" not in v else f"{v['bytes_per_step'] / 1e3:.0f} kB",
             "-" if "storage_bytes" not in v else f"{v['storage_bytes'] / 1e6:.1f} MB",
             "-" if "stall_seconds_median" not in v else secs(v["stall_seconds_median"]),
+            "-" if "backpressure_seconds_median" not in v else secs(v["backpressure_seconds_median"]),
             "yes" if v.get("same_weights_as_plain") else "no",
         ])
     return _block(name, data, table(
         ["loop", "wall s (median)", "fastest", "overhead (median of per-round ratios)", "CPU s (median)",
-         "CPU overhead", "stored per step", "stored per run", "training thread blocked", "same weights as plain"],
+         "CPU overhead", "stored per step", "stored per run", "training thread in the recorder",
+         "of which queue full (back-pressure)", "same weights as plain"],
         rows,
     ))
 

@@ -112,6 +112,10 @@ def train(
     mask: Annotated[Mask, typer.Option(help="How partial recording prunes: fixed (one mask per layer for the whole run, stored once; steps store only the kept values: fastest to record and unlearn), random (a new mask per step) or magnitude (each step's largest entries).")] = Mask.fixed,  # = recording.masks.DEFAULT_MASK
     mask_seed: Annotated[int | None, typer.Option("--mask-seed", help="Seed of fixed and random masks (default: --seed).")] = None,
     dtype: Annotated[StoreDtype, typer.Option(help="Precision of stored updates.")] = StoreDtype.float32,
+    skip_layers: Annotated[int, typer.Option("--skip-layers", min=0, help="Partial recording: do not record the first N layers at all (their share is 1.0); --prune-first then applies to the first recorded layer.")] = 0,
+    group_steps: Annotated[int, typer.Option("--group-steps", min=1, help="Record one blob per K optimizer steps of an epoch (their summed update): K times fewer blobs; an erasure subtracts every group that held its samples.")] = 1,
+    compress: Annotated[bool, typer.Option("--compress", help="zlib-compress each stored update (lossless; about a quarter to a third fewer bytes, slower to write and to read back).")] = False,
+    max_storage: Annotated[str | None, typer.Option("--max-storage", help="Budget for the recorded updates (e.g. 500MB, 2GB): float16, then coarser --group-steps, until the estimate fits; refused with the estimate if nothing does.")] = None,
     concentrate: Annotated[str | None, typer.Option(help="K:Q puts every training sample of class K into a share Q of the batches; subjects=ID,ID,...:Q does the same with those data subjects' samples.")] = None,
     subject_size: Annotated[int | None, typer.Option("--subject-size", min=1, help="Group consecutive training samples into data subjects of N.")] = None,
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.01, max=0.9, help="Test share for datasets without a test split.")] = 0.2,
@@ -141,9 +145,15 @@ def train(
     )
     train_method = method if method is not None else METHOD_OF_RECORD[mode]
     klass, subjects, share = parse_concentrate(concentrate) if concentrate else (None, None, None)
+    from unlearning_core.recording.budget import parse_bytes
+
+    if skip_layers and mode != "partial":
+        raise typer.BadParameter("--skip-layers prunes layers away: it needs --record partial", param_hint="--skip-layers")
     recording = RecordingSpec(
         mode=mode, mask=mask.value, mask_seed=seed if mask_seed is None else mask_seed,
-        prune_first=prune_first, prune_last=prune_last, dtype=dtype.value,
+        prune_first=prune_first, prune_last=prune_last, dtype=dtype.value, skip_layers=skip_layers,
+        group_steps=group_steps, compression="zlib" if compress else "none",
+        budget={"max_bytes": parse_bytes(max_storage)} if max_storage is not None else None,
     )
     # Validated whatever the mode: a full run keeps it as the default for partial requests.
     PruneSchedule(prune_first, prune_last)

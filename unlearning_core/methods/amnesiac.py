@@ -97,9 +97,10 @@ def prune_shares(
     schedule = PruneSchedule(
         rec.prune_first if prune_first is None else prune_first,
         rec.prune_last if prune_last is None else prune_last,
+        skip=rec.skip_layers,  # layers the run never recorded stay unrecorded
     )
     names = list(run.spec.tensors)
-    if rec.mode == "partial" and not schedule.covers(PruneSchedule(rec.prune_first, rec.prune_last), names):
+    if rec.mode == "partial" and not schedule.covers(rec.schedule, names):
         raise RunError(
             f"pruning {schedule.first}->{schedule.last} is lighter than the run's recorded "
             f"{rec.prune_first}->{rec.prune_last} on some layer; the pruned entries were never stored"
@@ -277,7 +278,7 @@ class AmnesiacMethod(UnlearningMethod):
 
         criterion = resolve_criterion(search_for, ctx.dataset.train.labels.numpy(), ctx.forget_positions)
         found = search_prune(
-            first=first, floor=floor, search=search_for, criterion=criterion,
+            first=first, floor=floor, search=search_for, criterion=criterion, skip=rec.skip_layers,
             shapes=run.spec.tensors, candidate=candidate,
             measure=measurer(criterion, run.model_with, ctx.dataset, ctx.forget_positions, ctx.device),
         )

@@ -136,6 +136,7 @@ def search_prune(
     shapes: dict[str, list[int]],
     candidate: Callable[[PruneSchedule], Any],
     measure: Callable[[Any], float | None],
+    skip: int = 0,
 ) -> SearchResult:
     """Bisect ``prune_last`` in [floor, ceiling] for the largest pruning that forgets enough.
 
@@ -160,7 +161,7 @@ def search_prune(
     states: dict[float, Any] = {}
 
     def probe(last: float, *, keep: bool = False) -> bool:
-        schedule = PruneSchedule(first, last)
+        schedule = PruneSchedule(first, last, skip=skip)
         state = candidate(schedule)
         value = measure(state)
         enough, within = verdict(value)

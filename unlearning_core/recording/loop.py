@@ -119,6 +119,7 @@ def record_training(
     check_factory: bool = True,
     writers: int = 2,
     max_pending: int = 16,
+    skip_layers: int = 0,
 ) -> TrainingRecording:
     """Record one training run of ``model`` from the caller's own loop (a context manager).
 
@@ -151,6 +152,7 @@ def record_training(
         distributed: record a ``torch.distributed`` job (rank 0 writes); default: when a
             process group with more than one rank is initialised.
         writers, max_pending: background writer threads and the most updates queued.
+        skip_layers: partial runs: the first N layers (depth order) are not recorded at all.
 
     Use ``with record_training(...) as rec:`` and ``with rec.step(ids, epoch=e):`` around
     each optimizer step. After the block, ``rec.run`` is the stored run (rank 0).
@@ -160,6 +162,7 @@ def record_training(
         model_kwargs=model_kwargs, mode=mode, prune_first=prune_first, prune_last=prune_last,
         mask=mask, mask_seed=mask_seed, dtype=dtype, seed=seed, metadata=metadata,
         distributed=distributed, check_factory=check_factory, writers=writers, max_pending=max_pending,
+        skip_layers=skip_layers,
     )
 
 
@@ -290,6 +293,7 @@ class TrainingRecording:
         check_factory: bool,
         writers: int,
         max_pending: int,
+        skip_layers: int = 0,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise RunError(f"record_training needs a torch.nn.Module, got {type(model).__name__}")
@@ -303,7 +307,9 @@ class TrainingRecording:
             raise RunError(f"mask must be one of {', '.join(MASK_KINDS)}, got {mask!r}")
         if dtype not in STORE_DTYPES:
             raise RunError(f"dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-        PruneSchedule(prune_first, prune_last)  # in [0, 1)
+        PruneSchedule(prune_first, prune_last, skip=skip_layers)  # in [0, 1)
+        if skip_layers and mode != "partial":
+            raise RunError("skip_layers prunes layers away: it needs mode='partial'")
         self.run_id = run_id
         self.model = model
         self.module = _unwrap(model)
@@ -315,7 +321,7 @@ class TrainingRecording:
         self._metadata = _json_object(metadata, "metadata")
         self._recording = RecordingSpec(
             mode=mode, mask=mask, mask_seed=(seed or 0) if mask_seed is None else mask_seed,  # type: ignore[arg-type]
-            prune_first=prune_first, prune_last=prune_last, dtype=dtype,
+            prune_first=prune_first, prune_last=prune_last, dtype=dtype, skip_layers=skip_layers,
         )
         self._seed = seed
         self._distributed_arg = distributed
@@ -705,6 +711,7 @@ class TrainingRecording:
                 samples_processed=sum(sizes),
                 train_seconds=time.perf_counter() - self._started,
                 stall_seconds=self._stall + stats.stall_seconds,
+                backpressure_seconds=stats.backpressure_seconds,
                 storage_bytes=stats.storage_bytes,
                 device=str(first.device) if first is not None else "cpu",
             ),

@@ -45,21 +45,30 @@ DEFAULT_MASK: MaskKind = "fixed"
 
 @dataclass(frozen=True)
 class PruneSchedule:
-    """Pruning shares at the first and last layer; layers between are interpolated."""
+    """Pruning shares at the first and last layer; layers between are interpolated.
+
+    ``skip``: the first ``skip`` layers (depth order) are not recorded at all (share 1.0:
+    early, generic layers keep none of their updates, and store nothing); the shares then go
+    from ``first`` to ``last`` over the remaining layers."""
 
     first: float
     last: float
+    skip: int = 0
 
     def __post_init__(self) -> None:
         for name, value in (("first", self.first), ("last", self.last)):
             if not 0.0 <= value < 1.0:
                 raise RunError(f"prune-{name} must be in [0, 1), got {value}")
+        if self.skip < 0:
+            raise RunError(f"skip-layers must be 0 or more, got {self.skip}")
 
     def layer_shares(self, n_layers: int) -> list[float]:
-        if n_layers <= 1:
-            return [self.first] * n_layers
-        step = (self.last - self.first) / (n_layers - 1)
-        return [self.first + i * step for i in range(n_layers)]
+        skipped = min(self.skip, n_layers)
+        rest = n_layers - skipped
+        if rest <= 1:
+            return [1.0] * skipped + [self.first] * rest
+        step = (self.last - self.first) / (rest - 1)
+        return [1.0] * skipped + [self.first + i * step for i in range(rest)]
 
     def tensor_shares(self, tensor_names: Iterable[str]) -> dict[str, float]:
         """Share for each tensor: the share of the layer (module) that owns it."""

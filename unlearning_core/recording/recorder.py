@@ -6,9 +6,14 @@ change in the forward pass, so the "before" snapshot is taken before the forward
 Subtracting the recorded deltas is then complete: all of them together give back the
 initial state.
 
-Blobs are serialised and written on a small thread pool so that training only waits for
-the device-side subtraction, masking and the device-to-host copy; the time training does
-spend blocked (on that work and on a full write queue) is measured as ``stall_seconds``.
+The training thread only takes the difference and hands it on. On a GPU it also launches
+the fixed mask's gather (fewer bytes to copy) and a non-blocking copy into pinned host
+memory, marked by a CUDA event; it never waits for either. Everything else happens on a
+small pool of writer threads: waiting for the copy, masking with random or magnitude masks,
+packing, serialising, hashing and writing. At most ``max_pending`` steps are in flight (a
+bounded queue): when the writers fall behind, the training thread waits for a free slot,
+and that wait is measured apart as ``backpressure_seconds``; ``stall_seconds`` is all the
+time the training thread spent in the recorder, back-pressure included.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unlearning_core.recording.codec import UpdateFormat, encode_update, serialize, with_fixed_masks
+from unlearning_core.recording.codec import UpdateFormat, encode_update, pack_blob, serialize, with_fixed_masks
 from unlearning_core.store import BlobRef, BlobStore
 
 #: Where a partial run with fixed masks keeps them, under its prefix.
@@ -58,7 +63,10 @@ class StepBlob:
 @dataclass
 class RecorderStats:
     blobs: list[StepBlob] = field(default_factory=list)
-    stall_seconds: float = 0.0
+    stall_seconds: float = 0.0  # the training thread inside the recorder, all in all
+    backpressure_seconds: float = 0.0  # of which: waiting for a writer slot (queue full)
+    encode_seconds: float = 0.0  # writer threads: masking and packing (summed over threads)
+    write_seconds: float = 0.0  # writer threads: serialising, hashing and writing
 
     @property
     def storage_bytes(self) -> int:
@@ -77,7 +85,17 @@ class UpdateRecorder:
         prefix: str,
         writers: int = 2,
         max_pending: int = 16,
+        group_steps: int = 1,
+        epoch_batches: list[int] | None = None,
     ) -> None:
+        """``group_steps`` K > 1: one recorded step per K optimizer steps of an epoch (the last
+        group of an epoch may be shorter; ``epoch_batches`` gives each epoch's batch count),
+        holding their summed update; it is keyed by the epoch and the group's number."""
+        if group_steps > 1 and epoch_batches is None:
+            raise ValueError("grouping steps needs each epoch's number of batches")
+        self._group = group_steps
+        self._epoch_batches = epoch_batches
+        self._groups = 0
         self._model = model
         self._fmt = fmt
         self._store = store
@@ -86,9 +104,12 @@ class UpdateRecorder:
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pending: list[Future[StepBlob]] = []
         self._before: dict[str, torch.Tensor] | None = None
+        self._stats_lock = threading.Lock()
         self.stats = RecorderStats()
 
     def before_step(self) -> None:
+        if self._before is not None and self._group > 1:
+            return  # inside a group: its snapshot was taken before its first step
         started = time.perf_counter()
         self._before = {k: v.detach().clone() for k, v in float_state(self._model).items()}
         self.stats.stall_seconds += time.perf_counter() - started
@@ -96,6 +117,13 @@ class UpdateRecorder:
     def after_step(self, *, step: int, epoch: int, batch: int) -> None:
         if self._before is None:
             raise RuntimeError("after_step() without before_step()")
+        if self._group > 1:
+            assert self._epoch_batches is not None
+            last_of_epoch = batch == self._epoch_batches[epoch] - 1
+            if (batch + 1) % self._group and not last_of_epoch:
+                return  # the group goes on
+            step, batch = self._groups, batch // self._group
+            self._groups += 1
         started = time.perf_counter()
         after = float_state(self._model)
         with torch.no_grad():
@@ -105,22 +133,45 @@ class UpdateRecorder:
         self.submit(delta, step=step, epoch=epoch, batch=batch)
 
     def submit(self, delta: dict[str, torch.Tensor], *, step: int, epoch: int, batch: int) -> None:
-        """Encode one step's update (``delta``: the tensors of the run's format, on any
-        device) and hand it to a background writer; used by :meth:`after_step` and by
-        recorders that take their own snapshots (:mod:`unlearning_core.recording.loop`)."""
+        """Hand one step's update (``delta``: the tensors of the run's format, on any device,
+        owned by this call: the caller must not change them afterwards) to a background
+        writer; used by :meth:`after_step` and by recorders that take their own snapshots
+        (:mod:`unlearning_core.recording.loop`). Returns without waiting for the device."""
         started = time.perf_counter()
-        with torch.no_grad():
-            encoded = encode_update(delta, self._fmt, epoch=epoch, batch=batch)
-            host = {k: v.to("cpu", non_blocking=False) for k, v in encoded.items()}
+        ready = None
+        encoded = False
+        if any(v.is_cuda for v in delta.values()):
+            with torch.no_grad():
+                if self._fmt.mode == "full" or self._fmt.packed:
+                    # a gather by the fixed index is one async kernel, and copies fewer bytes
+                    delta = encode_update(delta, self._fmt, epoch=epoch, batch=batch)
+                    encoded = True
+                delta = {k: v.to("cpu", non_blocking=True) for k, v in delta.items()}  # pinned
+            ready = torch.cuda.Event()
+            ready.record()
+        waited = time.perf_counter()
         self._slots.acquire()
+        self.stats.backpressure_seconds += time.perf_counter() - waited
         self._reap(block=False)
-        self._pending.append(self._pool.submit(self._write, host, step, epoch, batch))
+        self._pending.append(self._pool.submit(self._write, delta, ready, encoded, step, epoch, batch))
         self.stats.stall_seconds += time.perf_counter() - started
 
-    def _write(self, host: dict[str, torch.Tensor], step: int, epoch: int, batch: int) -> StepBlob:
+    def _write(
+        self, delta: dict[str, torch.Tensor], ready: torch.cuda.Event | None, encoded: bool, step: int,
+        epoch: int, batch: int,
+    ) -> StepBlob:
         try:
-            data = serialize(host, epoch=epoch, batch=batch)
+            started = time.perf_counter()
+            if ready is not None:
+                ready.synchronize()  # the copy to host memory has landed
+            with torch.no_grad():
+                host = delta if encoded else encode_update(delta, self._fmt, epoch=epoch, batch=batch)
+            encoded_at = time.perf_counter()
+            data = pack_blob(serialize(host, epoch=epoch, batch=batch), self._fmt)
             ref = self._store.put(update_key(self._prefix, epoch, batch), data)
+            with self._stats_lock:
+                self.stats.encode_seconds += encoded_at - started
+                self.stats.write_seconds += time.perf_counter() - encoded_at
             return StepBlob(step=step, epoch=epoch, batch=batch, ref=ref)
         finally:
             self._slots.release()

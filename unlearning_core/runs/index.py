@@ -27,14 +27,18 @@ class StepIndex:
     positions: np.ndarray  # [sum batch sizes] int32
 
     @classmethod
-    def from_plan(cls, plan: BatchPlan) -> StepIndex:
+    def from_plan(cls, plan: BatchPlan, *, group_steps: int = 1) -> StepIndex:
+        """One recorded step per batch, or per ``group_steps`` consecutive batches of an
+        epoch (a grouped recording: the group holds the union of its batches' samples, and
+        ``batches`` numbers the groups of the epoch)."""
         epochs, batches, sizes, chunks = [], [], [0], []
         for e, epoch in enumerate(plan):
-            for b, pos in enumerate(epoch):
+            for g, start in enumerate(range(0, len(epoch), group_steps)):
+                pos = np.concatenate([np.asarray(p, dtype=np.int32) for p in epoch[start : start + group_steps]])
                 epochs.append(e)
-                batches.append(b)
+                batches.append(g)
                 sizes.append(len(pos))
-                chunks.append(np.asarray(pos, dtype=np.int32))
+                chunks.append(pos)
         return cls(
             epochs=np.asarray(epochs, dtype=np.int32),
             batches=np.asarray(batches, dtype=np.int32),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
@@ -80,7 +80,9 @@ class TrainingSpec(BaseModel):
 #: masks existed (their ``run.json`` has no ``recording.format``): masks ``random`` and
 #: ``magnitude`` only. 2: adds ``fixed`` masks (packed steps, ``mask_index``); ``random`` and
 #: ``magnitude`` blobs are laid out exactly as in 1, so both versions decode the same way.
-RECORDING_FORMAT = 2
+#: 3: adds ``skip_layers`` (first layers not recorded) and ``group_steps`` (one recorded step
+#: per K optimizer steps: their summed update, the union of their samples in the index).
+RECORDING_FORMAT = 3
 
 
 class RecordingSpec(BaseModel):
@@ -95,6 +97,15 @@ class RecordingSpec(BaseModel):
     #: A partial run with fixed masks: its stored masks (kept flat positions and their draws
     #: per tensor, ``mask.safetensors``), written once when recording starts.
     mask_index: BlobPointer | None = None
+    #: partial runs: the first N layers (depth order) are not recorded at all (share 1.0)
+    skip_layers: int = Field(default=0, ge=0, le=10_000)
+    #: one recorded step (blob) per K optimizer steps of an epoch: their summed update, so an
+    #: erasure subtracts whole groups (every step of a group that held a forget sample)
+    group_steps: int = Field(default=1, ge=1, le=100_000)
+    #: ``zlib``: each blob compressed (lossless; fewer bytes, slower to write and to read back)
+    compression: Literal["none", "zlib"] = "none"
+    #: what ``--max-storage`` asked for and what it chose (None: no budget was given)
+    budget: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _known_layout(self) -> RecordingSpec:
@@ -105,13 +116,22 @@ class RecordingSpec(BaseModel):
             )
         if self.mask == "fixed" and self.format < 2:
             raise ValueError("fixed masks need recording format 2")
+        if (self.skip_layers or self.group_steps > 1 or self.compression != "none") and self.format < 3:
+            raise ValueError("skip_layers, group_steps and compression need recording format 3")
+        if self.skip_layers and self.mode != "partial":
+            raise ValueError("skip_layers prunes layers away: it needs --record partial")
         return self
+
+    @property
+    def schedule(self) -> PruneSchedule:
+        """The recorded pruning (partial runs)."""
+        return PruneSchedule(self.prune_first, self.prune_last, skip=self.skip_layers)
 
     def update_format(self, shapes: Mapping[str, tuple[int, ...]]) -> UpdateFormat:
         """How updates recorded under this spec are laid out, for tensors of ``shapes``."""
         names = list(shapes)
         shares = (
-            PruneSchedule(self.prune_first, self.prune_last).tensor_shares(names)
+            self.schedule.tensor_shares(names)
             if self.mode == "partial"
             else dict.fromkeys(names, 0.0)
         )
@@ -122,6 +142,7 @@ class RecordingSpec(BaseModel):
             dtype=self.dtype,
             shares=shares,
             shapes={k: tuple(v) for k, v in shapes.items()},
+            compression=self.compression,
         )
 
 
@@ -149,7 +170,9 @@ class RunResults(BaseModel):
     steps: int  # optimizer steps
     samples_processed: int | None = None
     train_seconds: float
-    stall_seconds: float
+    stall_seconds: float  # the training thread inside the recorder
+    #: of which: waiting because the recorder's bounded queue was full (writers behind)
+    backpressure_seconds: float = 0.0
     storage_bytes: int
     device: str
 
