@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import replace
 from functools import cached_property
 from typing import Any
@@ -30,6 +32,14 @@ _POINTERS = TypeAdapter(list[BlobPointer])
 
 def run_prefix(run_id: str) -> str:
     return f"runs/{run_id}"
+
+
+#: Parsed fixed-mask indexes of the last few runs, by the sha256 ``run.json`` names (the
+#: blob is immutable): every request on a run otherwise re-reads and unpacks the same index,
+#: which for a one-subject erasure costs as much as reading its updates.
+MASK_CACHE_RUNS = 4
+_MASKS: OrderedDict[tuple[Any, ...], FixedMasks] = OrderedDict()
+_MASKS_LOCK = threading.Lock()
 
 
 class RecordedRun:
@@ -112,9 +122,21 @@ class RecordedRun:
         if rec.mode != "partial" or rec.mask != "fixed" or rec.mask_index is None:
             raise RunError(f"run {self.run_id!r} stores no fixed-mask index (recording {rec.mode}, mask {rec.mask})")
         fmt = rec.update_format({k: tuple(v) for k, v in self.spec.tensors.items()})
-        return FixedMasks.from_bytes(
+        key = (rec.mask_index.sha256, rec.mask_seed, tuple(sorted(fmt.shares.items())),
+               tuple(sorted(fmt.shapes.items())))
+        with _MASKS_LOCK:
+            found = _MASKS.get(key)
+            if found is not None:
+                _MASKS.move_to_end(key)
+                return found
+        masks = FixedMasks.from_bytes(
             self._get(rec.mask_index), seed=rec.mask_seed, shares=fmt.shares, shapes=fmt.shapes
         )
+        with _MASKS_LOCK:
+            _MASKS[key] = masks
+            while len(_MASKS) > MASK_CACHE_RUNS:
+                _MASKS.popitem(last=False)
+        return masks
 
     def optim(self) -> OptimConfig:
         t = self.spec.training
