@@ -285,6 +285,11 @@ async def test_bad_input_is_4xx_with_message_and_writes_nothing(
         ("/models", {**MLP, "concentrate": "3-0.2"}, 422, "CLASS:SHARE"),
         ("/models", {**MLP, "concentrate": "12:0.2"}, 422, "has 10 classes"),
         ("/models", {**MLP, "epochs": 0}, 422, "epochs"),
+        ("/models", {**MLP, "mask": "zebra"}, 422, "mask"),
+        ("/models", {**MLP, "group_steps": 0}, 422, "group_steps"),
+        ("/models", {**MLP, "skip_layers": -1}, 422, "skip_layers"),
+        ("/models", {**MLP, "compression": "lz4"}, 422, "compression"),
+        ("/models", {**MLP, "max_storage_bytes": 0}, 422, "max_storage_bytes"),
     ]
     for path, body, code, message in cases:
         r = await client.post(path, json=body, headers=admin)

@@ -209,3 +209,36 @@ def test_the_cli_takes_the_storage_options_and_names_a_bad_budget(tmp_path: Path
     words = " ".join(err.replace("│", " ").split())  # typer's box wraps the message
     assert code == 2 and "--skip-layers" in words and "needs --record partial" in words
     assert PruneSchedule(0.9, 0.1, skip=2).layer_shares(4) == pytest.approx([1.0, 1.0, 0.9, 0.1])
+
+
+def test_the_recorder_measures_back_pressure_when_its_writers_fall_behind(tmp_path: Path) -> None:
+    """A store slower than training fills the bounded queue: the training thread then waits
+    for a slot, and that wait is what ``backpressure_seconds`` reports (at least the writes
+    it had to wait for); with room in the queue it does not wait. Every update is written."""
+    import time
+
+    from unlearning_core.recording import UpdateRecorder, float_state
+    from unlearning_core.runs.spec import RecordingSpec as Spec
+
+    class SlowStore(LocalBlobStore):
+        def put(self, key, data):  # type: ignore[no-untyped-def]
+            time.sleep(0.05)
+            return super().put(key, data)
+
+    def record(max_pending: int, folder: str) -> tuple[float, int]:
+        model = torch.nn.Linear(4, 2)
+        fmt = Spec(mode="full").update_format({k: tuple(v.shape) for k, v in float_state(model).items()})
+        rec = UpdateRecorder(model, fmt=fmt, store=SlowStore(tmp_path / folder), prefix="runs/x", writers=1,
+                             max_pending=max_pending)
+        for step in range(5):
+            rec.before_step()
+            with torch.no_grad():
+                model.weight.add_(0.1)
+            rec.after_step(step=step, epoch=0, batch=step)
+        stats = rec.close()
+        return stats.backpressure_seconds, len(stats.blobs)
+
+    waited, written = record(1, "narrow")
+    assert written == 5 and waited >= 3 * 0.05 * 0.9  # waited for (at least) three writes to finish
+    roomy, written = record(16, "roomy")
+    assert written == 5 and roomy < 0.05 < waited
