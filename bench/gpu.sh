@@ -16,6 +16,11 @@
 # Fashion-MNIST comes from $LETHE_DATA_DIR, ../shared/data, .gpu-data or .gpu/data.
 # Knobs: LETHE_GPU_BUDGET_S (default 480: the extra step runs only inside it),
 # LETHE_GPU_EPOCHS (2), LETHE_GPU_MODELS (resnet50,vit), LETHE_GPU_RESULTS (output folder).
+# The reference table's sizes (issue #17): LETHE_GPU_MODELS=alexnet,resnet50,unlearning_core.models.\
+# torchvision_models:vit_large (ViT-L/16-sized, ~300M parameters) with LETHE_GPU_EPOCHS high enough
+# for an original test accuracy of 0.88. Class forgetting records full float16 updates (amnesiac
+# needs them): ViT-L stores ~600 MB a step, so on a 64 GB disk give it --limit so that steps x
+# 600 MB fits, or measure it with partial recording only (bench/storage_options.py's options).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
