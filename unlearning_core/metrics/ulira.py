@@ -51,16 +51,10 @@ from unlearning_core.metrics.mia_lira import (
 )
 from unlearning_core.metrics.outputs import collect_outputs
 from unlearning_core.metrics.registry import MetricContext, register_metric
+from unlearning_core.metrics.unlearning_score import as_matrix as _matrix
 
 #: The low false-positive rates the attack reports its TPR at.
 FPRS = (0.01, 0.001)
-
-
-def _matrix(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be [models, examples], got shape {arr.shape}")
-    return arr
 
 
 def gaussian_fit(

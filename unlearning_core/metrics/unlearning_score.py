@@ -212,7 +212,9 @@ def example_epsilon(
     return float(np.clip(np.max(eps), 0.0, EPSILON_CAP))
 
 
-def _as_matrix(confs: Any, name: str) -> np.ndarray:
+def as_matrix(confs: Any, name: str) -> np.ndarray:
+    """Per-model, per-example confidences as a float64 ``[models, examples]`` array (both
+    judges take them so), or a ValueError naming the argument."""
     arr = np.asarray(confs, dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be [models, examples], got shape {arr.shape}")
@@ -224,8 +226,8 @@ def forget_epsilons(
 ) -> np.ndarray:
     """Per-example epsilons; both arguments are ``[models, examples]`` arrays of logit-scaled
     confidences (:func:`unlearning_core.metrics.logit_confidence`), same examples in order."""
-    u = _as_matrix(unlearned_confs, "unlearned_confs")
-    r = _as_matrix(retrained_confs, "retrained_confs")
+    u = as_matrix(unlearned_confs, "unlearned_confs")
+    r = as_matrix(retrained_confs, "retrained_confs")
     if u.shape[1] != r.shape[1]:
         raise ValueError(f"{u.shape[1]} examples under the unlearned models, {r.shape[1]} under the retrained")
     return np.array(
@@ -256,7 +258,7 @@ def forget_quality(
     unlearned_confs: Any, retrained_confs: Any, *, delta: float = DELTA, family: str = "challenge"
 ) -> float:
     """The challenge's forgetting quality ``F`` in ``[0, 1]``: mean points over examples."""
-    u = _as_matrix(unlearned_confs, "unlearned_confs")
+    u = as_matrix(unlearned_confs, "unlearned_confs")
     eps = forget_epsilons(u, retrained_confs, delta=delta, family=family)
     return float(epsilon_points(eps, u.shape[0]).mean())
 
@@ -337,8 +339,8 @@ def unlearning_score(
     make the utility ratios. ``n_boot`` > 0 adds a percentile 95% interval of ``F`` from
     resampling the forget examples. ``family``: the rules tried (:func:`example_epsilon`).
     """
-    u = _as_matrix(unlearned_confs, "unlearned_confs")
-    r = _as_matrix(retrained_confs, "retrained_confs")
+    u = as_matrix(unlearned_confs, "unlearned_confs")
+    r = as_matrix(retrained_confs, "retrained_confs")
     eps = forget_epsilons(u, r, delta=delta, family=family)
     points = epsilon_points(eps, u.shape[0])
     quality = float(points.mean())
