@@ -40,17 +40,21 @@ RESULTS = ROOT / "bench" / "results"
 STARTED_LOAD = [round(x, 2) for x in os.getloadavg()]
 #: Folders of this checkout whose modules count as the code of a result.
 CODE_DIRS = ("bench", "unlearning_core", "api", "worker", "lethe_client")
+#: Code that only stamps a result (this file): it computes no figure, so a change to it
+#: neither goes into the record nor makes a result stale.
+STAMPING_ONLY = frozenset({"bench/provenance.py"})
 
 
 def commit() -> str:
-    """``git rev-parse HEAD``, with ``-dirty`` when tracked files differ from it (the figure
-    then comes from code that no commit holds); ``unknown`` outside a checkout."""
+    """``git rev-parse HEAD``, with ``-dirty`` when tracked files other than the results
+    themselves (``bench/results/``, which one bench run after another rewrites) differ from it:
+    the figure then comes from code that no commit holds; ``unknown`` outside a checkout."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"],
             cwd=ROOT, capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -88,7 +92,7 @@ def code_files(root: Path = ROOT) -> dict[str, str]:
     """``{path relative to the checkout: sha256}`` of every imported module's source file
     under :data:`CODE_DIRS` (and the script that runs, whatever its folder)."""
     root = root.resolve()
-    files: set[Path] = {Path(__file__).resolve()}  # this record's own code
+    files: set[Path] = set()
     for module in list(sys.modules.values()):
         f = getattr(module, "__file__", None)
         if f:
@@ -101,7 +105,8 @@ def code_files(root: Path = ROOT) -> dict[str, str]:
             rel = path.relative_to(root)
         except ValueError:
             continue
-        if rel.parts and rel.parts[0] in CODE_DIRS and path.suffix == ".py" and path.is_file():
+        if (rel.parts and rel.parts[0] in CODE_DIRS and path.suffix == ".py" and path.is_file()
+                and rel.as_posix() not in STAMPING_ONLY):
             out[rel.as_posix()] = _sha256(path)
     return out
 
@@ -144,6 +149,8 @@ def staleness(data: dict[str, Any], root: Path = ROOT) -> dict[str, Any]:
         return {"state": "unknown", "changed": [], "missing": []}
     changed, missing = [], []
     for rel, digest in sorted(code.items()):
+        if rel in STAMPING_ONLY:
+            continue
         path = root / rel
         if not path.is_file():
             missing.append(rel)

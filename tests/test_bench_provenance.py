@@ -39,7 +39,7 @@ def test_a_stamped_result_records_the_machine_the_load_and_the_code_it_ran() -> 
                                                                                  else [result["gpu"]]))
     assert isinstance(result["load_average_end"], list) and len(result["load_average_start"]) == 3
     code = result["code"]
-    assert "unlearning_core/pipeline.py" in code and "bench/provenance.py" in code
+    assert "unlearning_core/pipeline.py" in code and "bench/provenance.py" not in code  # stamping computes nothing
     digest = hashlib.sha256((ROOT / "unlearning_core" / "pipeline.py").read_bytes()).hexdigest()
     assert code["unlearning_core/pipeline.py"] == digest
     assert not any(k.startswith((".venv", "tests/")) for k in code)  # only the checkout's own code
@@ -56,6 +56,30 @@ def test_a_result_turns_stale_when_a_file_it_ran_changes_or_goes(tmp_path: Path)
     script.unlink()
     assert prov.staleness(data, tmp_path) == {"state": "stale", "changed": [], "missing": ["bench/b.py"]}
     assert prov.staleness({"commit": "abc"}, tmp_path)["state"] == "unknown"  # from before code records
+    stamp = {"code": {**data["code"], "bench/provenance.py": "0" * 64}}  # the stamping code never counts
+    (tmp_path / "bench" / "b.py").write_text("x = 1\n")
+    assert prov.staleness(stamp, tmp_path)["state"] == "current"
+
+
+def test_the_commit_is_dirty_for_code_not_for_results(tmp_path: Path) -> None:
+    """A bench run after another rewrites tracked result files; that must not make the next
+    result's commit "-dirty", while a changed source file must."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / "bench" / "results").mkdir(parents=True)
+    shutil.copy(ROOT / "bench" / "provenance.py", repo / "bench" / "provenance.py")
+    (repo / "bench" / "results" / "x.json").write_text("{}")
+    (repo / "bench" / "b.py").write_text("x = 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    copy = _load(repo / "bench" / "provenance.py", "lethe_bench_provenance_copy")
+    (repo / "bench" / "results" / "x.json").write_text('{"a": 1}')
+    assert not copy.commit().endswith("-dirty")
+    (repo / "bench" / "b.py").write_text("x = 2\n")
+    assert copy.commit().endswith("-dirty")
 
 
 def test_the_check_reports_every_result_file_and_the_docs_mark_the_stale_ones(tmp_path: Path) -> None:
