@@ -9,8 +9,8 @@ Three parts, one result file:
    unlearning (no recovery) erases the class. Options: today's partial recording (0.99 ->
    0.5, float32, the fixed mask; and the random mask, the default before), the first layers
    not recorded (``--skip-layers``), bfloat16 / float16 values, zlib-compressed blobs
-   (``--compress``), one recorded step per K optimizer steps (``--group-steps``), and
-   combinations. Per option: forget / retain / test
+   (``--compress``), one recorded step per K optimizer steps (``--group-steps``), magnitude
+   masks pruned to a few percent, and combinations. Per option: forget / retain / test
    accuracy, bytes per recorded step and per run, the batches (or groups) subtracted.
 2. **Compression.** Each lossless codec of the standard library (zlib levels 1 and 6, lzma
    preset 1, bz2) on the option's stored blobs: the ratio and MB/s of compressing and
