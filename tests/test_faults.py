@@ -91,6 +91,8 @@ class Lane:
     keys: dict[str, str]
     workers: list[WorkerProcess]
     subjects: Iterator[int]
+    #: the runs as trained, before any fault or purge touched the lane's store
+    pristine_runs: Path | None = None
 
     def activate(self, mp: pytest.MonkeyPatch) -> None:
         from api.database.core import reset_caches
@@ -137,7 +139,7 @@ def open_lane(stack: Stack, name: str, *, blob_store: str, redis_db: int, worker
         "LETHE_S3_ENDPOINT": stack.s3.endpoint,
     }
     with pytest.MonkeyPatch.context() as mp:
-        lane = Lane(env=env, keys={}, workers=[], subjects=iter(range(143)))
+        lane = Lane(env=env, keys={}, workers=[], subjects=iter(range(143)), pristine_runs=stack.runs)
         lane.activate(mp)
         store = get_store()
         _copy_runs(stack.runs, store)
@@ -271,7 +273,7 @@ def readable(error: str | None) -> bool:
     return bool(error) and "Traceback" not in str(error) and len(str(error)) < 2000
 
 
-def subtraction_check(model: str) -> dict[str, Any]:
+def subtraction_check(model: str, pristine_runs: Path) -> dict[str, Any]:
     """Whether the weights the model serves equal its trained weights minus each affected
     step's stored update exactly once, within float tolerance.
 
@@ -279,7 +281,9 @@ def subtraction_check(model: str) -> dict[str, Any]:
     (a job run again after a crash, a version published twice), or one left out, moves the
     weights by a whole recorded update. Independently of the jobs' path (prefetch, running
     sum, one version after another), each step the completed jobs' samples touched is decoded
-    on its own and the sum taken once, in float64, with the pruning the jobs asked for."""
+    on its own and the sum taken once, in float64, with the pruning the jobs asked for. The
+    updates and trained weights are read from the runs as trained (``pristine_runs``): the
+    lane's own copies may be damaged by the fault or purged after the erasure."""
     import torch
     from safetensors.torch import load as st_load
 
@@ -287,6 +291,7 @@ def subtraction_check(model: str) -> dict[str, Any]:
     from unlearning_core.artifacts import open_artifact
     from unlearning_core.methods.amnesiac import prune_shares
     from unlearning_core.recording import decode_update
+    from unlearning_core.store import LocalBlobStore
 
     with session() as db:
         run_row = db.scalar(select(TrainingRun).join(Model).where(Model.name == model, TrainingRun.status == "completed")
@@ -297,7 +302,7 @@ def subtraction_check(model: str) -> dict[str, Any]:
                           .where(Model.name == model, RequestJob.status == "completed")).all()
     assert run_row is not None and latest is not None
     store = store_at(run_row.store_url, get_store())
-    run = open_artifact(store, run_row.run_id)
+    run = open_artifact(LocalBlobStore(pristine_runs), run_row.run_id)
     position = {sid: i for i, sid in enumerate(run.sample_table["sample_ids"])}
     positions = [position[sid] for *_, ids in jobs for sid in ids if sid in position]
     affected = sorted({int(x) for x in run.index.steps_holding(np.asarray(positions, dtype=np.int64))}) if positions else []
@@ -310,7 +315,7 @@ def subtraction_check(model: str) -> dict[str, Any]:
     one_update = 0.0
     for step in affected:
         blob = run.update_blobs[step]
-        update = decode_update(store.get(blob.key, expected_sha256=blob.sha256), fmt, prune=prune,
+        update = decode_update(run.store.get(blob.key, expected_sha256=blob.sha256), fmt, prune=prune,
                                epoch=int(run.index.epochs[step]), batch=int(run.index.batches[step]))
         for k, d in update.items():
             expected[k] -= d.double()
@@ -331,7 +336,8 @@ def subtraction_check(model: str) -> dict[str, Any]:
 SUBTRACTION_TOLERANCE = 1e-5
 
 
-def tally(name: str, ids: list[str], rows: dict[str, ErasureRequest], model: str, **extra: Any) -> dict[str, Any]:
+def tally(name: str, ids: list[str], rows: dict[str, ErasureRequest], model: str, pristine_runs: Path,
+          **extra: Any) -> dict[str, Any]:
     """The figures of one fault, from the database."""
     with session() as db:
         published = db.execute(
@@ -356,7 +362,7 @@ def tally(name: str, ids: list[str], rows: dict[str, ErasureRequest], model: str
         "failed_readable": failed_readable,
         "lost": len(ids) - completed - failed_readable,
         "duplicated_versions": sum(n - 1 for *_, n in published if n > 1) + sum(n - 1 for *_, n in forks),
-        **subtraction_check(model),
+        **subtraction_check(model, pristine_runs),
         "ledger_versions_match": len(ledger["versions"]) == versions,
         "job_attempts": int(attempts),  # above `sent`: jobs run again after the fault
         **extra,
@@ -383,7 +389,8 @@ def run_fault(
     ids += [api.file(s, model) for s in subjects[1:]]
     fault.join()
     rows = wait_final(ids, timeout)
-    figures = tally(name, ids, rows, model, api_503=len(api.refused), **notes)
+    assert lane.pristine_runs is not None
+    figures = tally(name, ids, rows, model, lane.pristine_runs, api_503=len(api.refused), **notes)
     assert all(r.startswith("503") for r in api.refused), api.refused
     if repair is not None:
         assert figures["failed_readable"] >= 1, (figures, {r.id: r.error for r in rows.values()})
@@ -393,7 +400,7 @@ def run_fault(
             if row.status == "failed":
                 api.retry(rid)
         rows = wait_final(ids, timeout)
-        after = tally(f"{name} (after repair + admin retry)", ids, rows, model)
+        after = tally(f"{name} (after repair + admin retry)", ids, rows, model, lane.pristine_runs)
         figures["completed_after_retry"] = after["completed"]
         figures["lost"] = after["lost"]
         figures["duplicated_versions"] = after["duplicated_versions"]
