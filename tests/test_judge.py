@@ -225,28 +225,25 @@ def test_attack_summary_agrees_with_the_separate_helpers() -> None:
 # ------------------------------------------------------------------ the judge page's verdict
 
 
-def _hook() -> ModuleType:
+def _module(relative: str, name: str) -> ModuleType:
+    """A file of the checkout that is not a package module (a docs hook, a bench script)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "docs" / "hooks" / "bench_tables.py"
-    spec = importlib.util.spec_from_file_location("lethe_docs_bench_tables_judge", path)
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _hook() -> ModuleType:
+    return _module("docs/hooks/bench_tables.py", "lethe_docs_bench_tables_judge")
 
 
 def _bench_judge() -> ModuleType:
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "judge.py"
-    spec = importlib.util.spec_from_file_location("lethe_bench_judge", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _module("bench/judge.py", "lethe_bench_judge")
 
 
 def _judge_result(*, ulira_auc: float, score: float, speedup: float) -> dict:

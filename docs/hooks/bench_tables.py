@@ -23,6 +23,7 @@ The rendering itself (:func:`render`) is a pure function of a name and the parse
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,8 +51,10 @@ PROVENANCE = ("commit", "time", "host", "load_average", "command")
 PROVENANCE_MACHINE = ("cpu", "gpu", "torch", "load_average_start", "load_average_end")
 
 
+@functools.cache
 def _bench_provenance() -> Any:
-    """bench/provenance.py (standard library only), for its staleness check."""
+    """bench/provenance.py (standard library only), for its staleness check; loaded once per
+    build, not once per table."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("lethe_bench_provenance", ROOT / "bench" / "provenance.py")
