@@ -288,6 +288,7 @@ async def test_bad_input_is_4xx_with_message_and_writes_nothing(
         ("/models", {**MLP, "mask": "zebra"}, 422, "mask"),
         ("/models", {**MLP, "group_steps": 0}, 422, "group_steps"),
         ("/models", {**MLP, "skip_layers": -1}, 422, "skip_layers"),
+        ("/models", {**MLP, "method": "amnesiac", "skip_layers": 1}, 422, "it needs a method that records partial"),
         ("/models", {**MLP, "compression": "lz4"}, 422, "compression"),
         ("/models", {**MLP, "max_storage_bytes": 0}, 422, "max_storage_bytes"),
     ]

@@ -125,7 +125,7 @@ def _configs(config: dict[str, Any]) -> tuple[TrainingSpec, RecordingSpec, SisaS
         prune_first=spec.prune_first,
         prune_last=spec.prune_last,
         dtype=spec.dtype,
-        skip_layers=spec.skip_layers if RECORD_OF_METHOD[spec.method] == "partial" else 0,
+        skip_layers=spec.skip_layers,
         group_steps=spec.group_steps,
         compression=spec.compression,
         budget={"max_bytes": spec.max_storage_bytes} if spec.max_storage_bytes else None,

@@ -147,6 +147,19 @@ class ModelCreate(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _skip_layers_need_partial(self) -> ModelCreate:
+        """``skip_layers`` prunes whole layers away, which only a partial recording does; the
+        CLI refuses ``--skip-layers`` without ``--record partial`` the same way, rather than
+        training a run that records what the caller asked to leave out."""
+        if self.skip_layers and RECORD_OF_METHOD[self.method] != "partial":
+            raise ValueError(
+                f"skip_layers prunes layers away: it needs a method that records partial updates "
+                f"(partial-amnesiac), not {str(self.method)!r}, which records "
+                f"{RECORD_OF_METHOD[self.method]}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _unlearn_method(self) -> ModelCreate:
         if self.unlearn_method is None:
             self.unlearn_method = DEFAULT_UNLEARN_METHOD[self.method]
