@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -219,6 +220,57 @@ def test_partial_recording_subtracts_exactly_the_stored_pruned_updates(tmp_path:
     assert sorted(done.outcome.subtracted_steps) == affected == [2]
     assert_states_equal(done.outcome.model.state_dict(),
                         minus(dict(model.state_dict()), [updates[k] for k in affected]))
+
+
+def test_grouped_and_compressed_steps_hold_their_summed_update_and_the_union_of_their_ids(
+    tmp_path: Path,
+) -> None:
+    """``group_steps=4`` over two epochs of six steps: groups of 4 + 2 per epoch (a group never
+    spans two epochs), each blob the sum of its steps' updates (zlib-compressed), and an
+    erasure subtracts every group that held a forget sample."""
+    store = LocalBlobStore(tmp_path)
+    torch.manual_seed(2)
+    model = tiny_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    steps = plan()
+    initial = float_state(model)
+    with record_training(model, opt, store=store, run_id="grouped", model_factory=FACTORY, mode="full",
+                         group_steps=4, compression="zlib") as rec:
+        states = sgd_loop(model, opt, rec, steps=steps)
+    run = open_artifact(store, "grouped")
+    spec = run.spec
+    assert spec.recording.group_steps == 4 and spec.recording.compression == "zlib" and spec.recording.format == 3
+    groups = [[0, 1, 2, 3], [4, 5], [6, 7, 8, 9], [10, 11]]  # step numbers of each recorded group
+    assert rec.steps == run.index.n_steps == len(run.update_blobs) == len(groups)
+    assert spec.loop.optimizer_steps == len(steps) == 12 and spec.results.samples_processed == 12 * 8
+    assert spec.training.batch_size == 8 and spec.training.epochs == 2
+    assert [int(e) for e in run.index.epochs] == [0, 0, 1, 1] and [int(b) for b in run.index.batches] == [0, 1, 0, 1]
+    table = run.sample_table["sample_ids"]
+    updates = stored_updates(run)
+    for g, members in enumerate(groups):
+        want = list(dict.fromkeys(IDS[p] for k in members for p in steps[k][1]))
+        assert [table[i] for i in run.index.step_positions(g)] == want
+        start = initial if members[0] == 0 else states[members[0] - 1]
+        assert_states_equal(updates[g], {n: states[members[-1]][n] - start[n] for n in updates[g]})
+    zlib.decompress(store.get(run.update_blobs[0].key))  # stored as a zlib stream
+
+    forget = {IDS[steps[5][1][0]]}  # in step 5, so in the second group
+    done = apply_method(store, run_id="grouped", method="amnesiac",
+                        forget=ForgetSpec(sample_ids=tuple(forget)), device=CPU)
+    held = sorted({g for g, members in enumerate(groups) for k in members if forget & {IDS[p] for p in steps[k][1]}})
+    assert 1 in held and sorted(done.outcome.subtracted_steps) == held
+    assert_states_equal(done.outcome.model.state_dict(), minus(dict(model.state_dict()), [updates[g] for g in held]))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_group_steps_must_be_a_positive_integer(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(RunError, match="group_steps must be an integer"):
+        record_training(tiny_net(), store=LocalBlobStore(tmp_path), run_id="r", model_factory=FACTORY,
+                        group_steps=bad)  # type: ignore[arg-type]
+    with pytest.raises(RunError, match="compression must be 'none' or 'zlib'"):
+        record_training(tiny_net(), store=LocalBlobStore(tmp_path), run_id="r", model_factory=FACTORY,
+                        compression="lz4")  # type: ignore[arg-type]
+    assert not any(tmp_path.rglob("*.json"))
 
 
 # --- accumulation, mixed precision, schedulers, frozen parameters, buffers ----------------------

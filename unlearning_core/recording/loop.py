@@ -22,6 +22,11 @@ One recorded step is one optimizer step. The user marks it with a window::
                     optimizer.step()
                     optimizer.zero_grad()
 
+``group_steps=K`` records one step per K consecutive optimizer steps of an epoch instead
+(their summed update; the index lists the union of their samples), as ``lethe train
+--group-steps`` does: K times fewer blobs, and an erasure subtracts whole groups.
+``compression="zlib"`` compresses each blob (lossless).
+
 How a step's update is measured: the recorder keeps a snapshot of the recorded tensors and,
 when a step closes, stores ``state now - snapshot`` and makes the current state the next
 snapshot. Every change of the model therefore lands in exactly one recorded step (a
@@ -120,6 +125,8 @@ def record_training(
     writers: int = 2,
     max_pending: int = 16,
     skip_layers: int = 0,
+    group_steps: int = 1,
+    compression: Literal["none", "zlib"] = "none",
 ) -> TrainingRecording:
     """Record one training run of ``model`` from the caller's own loop (a context manager).
 
@@ -153,6 +160,10 @@ def record_training(
             process group with more than one rank is initialised.
         writers, max_pending: background writer threads and the most updates queued.
         skip_layers: partial runs: the first N layers (depth order) are not recorded at all.
+        group_steps: one recorded step per K consecutive steps of an epoch (the last group of
+            an epoch may be shorter), holding their summed update and the union of their
+            sample ids: K times fewer blobs, and an erasure subtracts whole groups.
+        compression: ``zlib`` compresses each stored update (lossless; fewer bytes, slower).
 
     Use ``with record_training(...) as rec:`` and ``with rec.step(ids, epoch=e):`` around
     each optimizer step. After the block, ``rec.run`` is the stored run (rank 0).
@@ -162,7 +173,7 @@ def record_training(
         model_kwargs=model_kwargs, mode=mode, prune_first=prune_first, prune_last=prune_last,
         mask=mask, mask_seed=mask_seed, dtype=dtype, seed=seed, metadata=metadata,
         distributed=distributed, check_factory=check_factory, writers=writers, max_pending=max_pending,
-        skip_layers=skip_layers,
+        skip_layers=skip_layers, group_steps=group_steps, compression=compression,
     )
 
 
@@ -294,6 +305,8 @@ class TrainingRecording:
         writers: int,
         max_pending: int,
         skip_layers: int = 0,
+        group_steps: int = 1,
+        compression: str = "none",
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise RunError(f"record_training needs a torch.nn.Module, got {type(model).__name__}")
@@ -310,6 +323,10 @@ class TrainingRecording:
         PruneSchedule(prune_first, prune_last, skip=skip_layers)  # in [0, 1)
         if skip_layers and mode != "partial":
             raise RunError("skip_layers prunes layers away: it needs mode='partial'")
+        if isinstance(group_steps, bool) or not isinstance(group_steps, int) or not 1 <= group_steps <= 100_000:
+            raise RunError(f"group_steps must be an integer from 1 to 100000, got {group_steps!r}")
+        if compression not in ("none", "zlib"):
+            raise RunError(f"compression must be 'none' or 'zlib', got {compression!r}")
         self.run_id = run_id
         self.model = model
         self.module = _unwrap(model)
@@ -322,7 +339,9 @@ class TrainingRecording:
         self._recording = RecordingSpec(
             mode=mode, mask=mask, mask_seed=(seed or 0) if mask_seed is None else mask_seed,  # type: ignore[arg-type]
             prune_first=prune_first, prune_last=prune_last, dtype=dtype, skip_layers=skip_layers,
+            group_steps=group_steps, compression=compression,  # type: ignore[arg-type]
         )
+        self._group_steps = group_steps
         self._seed = seed
         self._distributed_arg = distributed
         self._check_factory = check_factory
@@ -355,6 +374,13 @@ class TrainingRecording:
         self._pending_epoch: int | None = None
         self._pending_opt_steps = 0
         self._optimizer_steps = 0
+        self._samples_processed = 0
+        self._largest_step = 0
+        # an open group of steps (group_steps > 1): its epoch, sample ids, size, all skipped?
+        self._group_epoch: int | None = None
+        self._group_ids: list[str] = []
+        self._group_len = 0
+        self._group_skipped = True
         self._optimizers: list[str] = []
         self._optimizer_settings: dict[str, Any] = {}
         self._skipped: list[int] = []
@@ -368,12 +394,13 @@ class TrainingRecording:
     # -- public -------------------------------------------------------------------------
     @property
     def steps(self) -> int:
-        """Steps recorded so far (rank 0; 0 elsewhere)."""
+        """Steps recorded so far (rank 0; 0 elsewhere); with ``group_steps``, closed groups."""
         return len(self._steps)
 
     @property
     def skipped_steps(self) -> list[int]:
-        """Recorded steps in which no optimizer step took effect (rank 0)."""
+        """Recorded steps in which no optimizer step took effect (rank 0); with
+        ``group_steps``, groups none of whose steps took effect."""
         return list(self._skipped)
 
     def step(self, sample_ids: SampleIds = None, *, epoch: int | None = None) -> RecordedStep:
@@ -529,6 +556,8 @@ class TrainingRecording:
             raise RunError(f"rec.step() on a recording that is {self._state}")
         if self._window is not None:
             raise RunError("rec.step() windows do not nest: close the previous step first")
+        if self._group_len and window.epoch != self._group_epoch:
+            self._flush_group()  # before this window's step changes the model: groups never span epochs
         self._window = window
         self._window_opt_steps = 0
 
@@ -586,16 +615,47 @@ class TrainingRecording:
             pos = self._positions[sample_id] = len(self._positions)
         return pos
 
-    def _record_step(self, *, skipped: bool, unattributed: bool = False) -> None:
-        assert self._recorder is not None
+    def _record_step(self, *, skipped: bool) -> None:
+        """One optimizer step (with the windows merged into it) is over: record its update
+        now, or add it to the open group of ``group_steps``."""
         for name, p in self._frozen_params:
             if p.requires_grad:
                 raise RunError(
                     f"parameter {name} was frozen (requires_grad=False) when recording started and "
                     "trains now; record_training records the parameters trainable at the start"
                 )
-        k = len(self._steps)
         epoch = self._pending_epoch if self._pending_epoch is not None else self._epoch
+        ids = list(dict.fromkeys(self._pending_ids))
+        self._samples_processed += len(ids)
+        self._largest_step = max(self._largest_step, len(ids))
+        self._optimizer_steps += self._pending_opt_steps
+        self._pending_ids, self._pending_epoch, self._pending_opt_steps = [], None, 0
+        if self._group_steps == 1:
+            self._take_update(epoch, ids, skipped=skipped)
+            return
+        if self._group_len and self._group_epoch != epoch:
+            self._flush_group()  # merged windows of an earlier epoch: their step closes a group
+        self._group_epoch = epoch
+        self._group_ids.extend(ids)
+        self._group_len += 1
+        self._group_skipped = self._group_skipped and skipped
+        if self._group_len == self._group_steps:
+            self._flush_group()
+
+    def _flush_group(self) -> None:
+        """Record the open group (its summed update, the union of its samples), if any."""
+        if not self._group_len:
+            return
+        assert self._group_epoch is not None
+        epoch, ids, skipped = self._group_epoch, self._group_ids, self._group_skipped
+        self._group_epoch, self._group_ids, self._group_len, self._group_skipped = None, [], 0, True
+        self._take_update(epoch, list(dict.fromkeys(ids)), skipped=skipped)
+
+    def _take_update(self, epoch: int, ids: list[str], *, skipped: bool, unattributed: bool = False) -> None:
+        """Store ``state now - snapshot`` as the next recorded step of ``epoch``, holding
+        ``ids``, and make the current state the next snapshot."""
+        assert self._recorder is not None
+        k = len(self._steps)
         batch = self._batch_of_epoch.get(epoch, 0)
         self._batch_of_epoch[epoch] = batch + 1
         live = self.module.state_dict()
@@ -611,14 +671,11 @@ class TrainingRecording:
         except RuntimeError as exc:
             raise RunError(f"the model's state changed shape during training ({exc}); its layout must stay fixed") from None
         self._recorder.submit(delta, step=k, epoch=epoch, batch=batch)
-        positions = [self._position(s) for s in dict.fromkeys(self._pending_ids)]
-        self._steps.append((epoch, batch, positions))
+        self._steps.append((epoch, batch, [self._position(s) for s in ids]))
         if skipped:
             self._skipped.append(k)
         if unattributed:
             self._unattributed.append(k)
-        self._optimizer_steps += self._pending_opt_steps
-        self._pending_ids, self._pending_epoch, self._pending_opt_steps = [], None, 0
 
     # -- finish ---------------------------------------------------------------------------
     def finish(self) -> RecordedRun | None:
@@ -659,10 +716,10 @@ class TrainingRecording:
         assert self.store is not None and self._recorder is not None and self._initial is not None
         if self._pending_ids or self._pending_epoch is not None:
             self._record_step(skipped=True)  # micro-batches whose gradients no step applied
-        else:
-            live = self.module.state_dict()
-            if any(not torch.equal(live[k], self._before[k]) for k in self._names):
-                self._record_step(skipped=False, unattributed=True)
+        self._flush_group()
+        live = self.module.state_dict()
+        if any(not torch.equal(live[k], self._before[k]) for k in self._names):
+            self._take_update(self._epoch, [], skipped=False, unattributed=True)
         stats = self._recorder.close()
         self._recorder = None
         final = self.module.state_dict()
@@ -686,11 +743,10 @@ class TrainingRecording:
         updates = store.put(f"{prefix}/updates.json", json.dumps(blobs).encode())
         settings = self._optimizer_settings
         betas = settings.get("betas")
-        sizes = [len(p) for _, _, p in self._steps]
         first = next(iter(final.values()), None)
         training = TrainingSpec(
             epochs=len(set(epochs)),
-            batch_size=max(sizes, default=1) or 1,
+            batch_size=self._largest_step or 1,
             lr=float(settings.get("lr", 0.0) or 0.0),
             momentum=float(settings.get("momentum", betas[0] if isinstance(betas, list) and betas else 0.0) or 0.0),
             weight_decay=float(settings.get("weight_decay", 0.0) or 0.0),
@@ -708,7 +764,7 @@ class TrainingRecording:
             tensors={k: list(self._before[k].shape) for k in self._names},
             results=RunResults(
                 steps=len(self._steps),
-                samples_processed=sum(sizes),
+                samples_processed=self._samples_processed,
                 train_seconds=time.perf_counter() - self._started,
                 stall_seconds=self._stall + stats.stall_seconds,
                 backpressure_seconds=stats.backpressure_seconds,
