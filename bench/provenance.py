@@ -11,7 +11,11 @@ cannot be compared or reproduced. :func:`stamped` adds
   ``load_average_end`` (when the result is written), plus ``load_average`` (= the end);
 - ``code``: the sha256 of every source file of this checkout the process had imported when
   it wrote the result (the bench script, ``bench/common.py``, each ``unlearning_core``
-  module it used), so that a later change to any of them is seen.
+  module it used), so that a later change to any of them is seen;
+- ``code_ran``, for a bench whose figures come from other processes (a pytest run that
+  starts the service and its workers: ``faults``, ``soak``): the folders and files those
+  processes ran. Every ``.py`` file under them goes into ``code`` too, and a file added
+  there later also makes the result stale.
 
 ``python bench/provenance.py --check`` (run by ``make test``, which never reruns a bench)
 lists each result whose recorded code differs from the checkout's, naming the files, and
@@ -30,6 +34,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -130,11 +135,33 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def stamped(result: dict[str, Any]) -> dict[str, Any]:
+def ran_files(ran: Sequence[str], root: Path = ROOT) -> dict[str, str]:
+    """``{path: sha256}`` of every ``.py`` file under the folders (or the files) ``ran``,
+    relative to ``root``: the code of processes this one started, which its own imports do
+    not show."""
+    out = {}
+    for entry in ran:
+        base = root / entry
+        paths = [base] if base.is_file() else sorted(base.rglob("*.py"))
+        for path in paths:
+            if "__pycache__" in path.parts or not path.is_file():
+                continue
+            rel = path.relative_to(root).as_posix()
+            if rel not in STAMPING_ONLY:
+                out[rel] = _sha256(path)
+    return out
+
+
+def stamped(result: dict[str, Any], *, ran: Sequence[str] = ()) -> dict[str, Any]:
     """``result`` with its provenance first. A result's own keys win, except ``code`` and
-    ``load_average_end``, which only this module can know at the moment of writing."""
+    ``load_average_end``, which only this module can know at the moment of writing.
+
+    ``ran``: folders or files of this checkout that processes the bench started ran (see
+    ``code_ran`` in the module doc); their files join ``code``."""
     prov = provenance()
-    return {**prov, **result, "code": prov["code"], "load_average_end": prov["load_average_end"]}
+    code = {**prov["code"], **ran_files(ran)}
+    extra = {"code_ran": list(ran)} if ran else {}
+    return {**prov, **result, **extra, "code": dict(sorted(code.items())), "load_average_end": prov["load_average_end"]}
 
 
 # ---------------------------------------------------------------- staleness
@@ -142,11 +169,14 @@ def stamped(result: dict[str, Any]) -> dict[str, Any]:
 
 def staleness(data: dict[str, Any], root: Path = ROOT) -> dict[str, Any]:
     """Whether one result still describes the checkout's code: ``{"state": "current" |
-    "stale" | "unknown", "changed": [...], "missing": [...]}``. ``unknown``: the result has
-    no code record (it predates it); ``stale``: a file it ran has changed or is gone."""
+    "stale" | "unknown", "changed": [...], "missing": [...], "added": [...]}``. ``unknown``:
+    the result has no code record (it predates it); ``stale``: a file it ran has changed or
+    is gone, or a file was added under a folder of its ``code_ran``."""
     code = data.get("code")
     if not isinstance(code, dict) or not code:
-        return {"state": "unknown", "changed": [], "missing": []}
+        return {"state": "unknown", "changed": [], "missing": [], "added": []}
+    ran = data.get("code_ran")
+    added = sorted(set(ran_files(ran, root)) - set(code)) if isinstance(ran, list) else []
     changed, missing = [], []
     for rel, digest in sorted(code.items()):
         if rel in STAMPING_ONLY:
@@ -156,7 +186,8 @@ def staleness(data: dict[str, Any], root: Path = ROOT) -> dict[str, Any]:
             missing.append(rel)
         elif _sha256(path) != digest:
             changed.append(rel)
-    return {"state": "stale" if changed or missing else "current", "changed": changed, "missing": missing}
+    stale = changed or missing or added
+    return {"state": "stale" if stale else "current", "changed": changed, "missing": missing, "added": added}
 
 
 def check(results: Path = RESULTS, root: Path = ROOT) -> dict[str, dict[str, Any]]:
@@ -166,7 +197,7 @@ def check(results: Path = RESULTS, root: Path = ROOT) -> dict[str, dict[str, Any
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            out[path.stem] = {"state": "unreadable", "changed": [], "missing": [], "error": str(exc)}
+            out[path.stem] = {"state": "unreadable", "changed": [], "missing": [], "added": [], "error": str(exc)}
             continue
         out[path.stem] = staleness(data if isinstance(data, dict) else {}, root)
     return out
@@ -178,7 +209,8 @@ def _report(states: dict[str, dict[str, Any]]) -> str:
         if s["state"] == "current":
             continue
         if s["state"] == "stale":
-            what = ", ".join([*s["changed"], *(f"{m} (gone)" for m in s["missing"])])
+            what = ", ".join([*s["changed"], *(f"{m} (gone)" for m in s["missing"]),
+                              *(f"{a} (new)" for a in s.get("added", []))])
             lines.append(f"stale    {name}.json: its code changed since: {what}")
         elif s["state"] == "unknown":
             lines.append(f"unknown  {name}.json: no code record (written before results kept one); rerun it")

@@ -52,13 +52,33 @@ def test_a_result_turns_stale_when_a_file_it_ran_changes_or_goes(tmp_path: Path)
     data = {"code": {"bench/b.py": hashlib.sha256(script.read_bytes()).hexdigest()}}
     assert prov.staleness(data, tmp_path)["state"] == "current"
     script.write_text("x = 2\n")
-    assert prov.staleness(data, tmp_path) == {"state": "stale", "changed": ["bench/b.py"], "missing": []}
+    assert prov.staleness(data, tmp_path) == {"state": "stale", "changed": ["bench/b.py"], "missing": [], "added": []}
     script.unlink()
-    assert prov.staleness(data, tmp_path) == {"state": "stale", "changed": [], "missing": ["bench/b.py"]}
+    assert prov.staleness(data, tmp_path) == {"state": "stale", "changed": [], "missing": ["bench/b.py"], "added": []}
     assert prov.staleness({"commit": "abc"}, tmp_path)["state"] == "unknown"  # from before code records
     stamp = {"code": {**data["code"], "bench/provenance.py": "0" * 64}}  # the stamping code never counts
     (tmp_path / "bench" / "b.py").write_text("x = 1\n")
     assert prov.staleness(stamp, tmp_path)["state"] == "current"
+
+
+def test_code_run_by_processes_the_bench_started_is_recorded_and_watched(tmp_path: Path) -> None:
+    """A bench that drives pytest and the service (faults, soak) imports none of their code
+    itself; ``ran`` records every file of the folders they ran, and a file added there
+    later makes the result stale too."""
+    result = prov.stamped({"benchmark": "x"}, ran=("worker", "tests/test_faults.py"))
+    assert result["code_ran"] == ["worker", "tests/test_faults.py"]
+    code = result["code"]
+    assert "worker/celery_app.py" in code and "worker/tasks.py" in code
+    assert "tests/test_faults.py" in code and not any(k.startswith("tests/") and k != "tests/test_faults.py" for k in code)
+    assert all(k.endswith(".py") and "__pycache__" not in k for k in code)
+    assert prov.staleness(result)["state"] == "current"
+
+    (tmp_path / "svc").mkdir()
+    (tmp_path / "svc" / "a.py").write_text("a = 1\n")
+    data = {"code": prov.ran_files(["svc"], tmp_path), "code_ran": ["svc"]}
+    assert prov.staleness(data, tmp_path)["state"] == "current"
+    (tmp_path / "svc" / "b.py").write_text("b = 1\n")
+    assert prov.staleness(data, tmp_path) == {"state": "stale", "changed": [], "missing": [], "added": ["svc/b.py"]}
 
 
 def test_the_commit_is_dirty_for_code_not_for_results(tmp_path: Path) -> None:
