@@ -1685,7 +1685,7 @@ def _headline_rows(results: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
                 f"{_scalar(max(p['share_percent'] for p in ok))}% of batches"
             )
         if bad:
-            text += "; it does not forget at " + ", ".join(
+            text += "; it does not reach forget accuracy 0.05 at " + ", ".join(
                 f"{_scalar(p['share_percent'])}% "
                 f"(forget acc {acc(p['partial-amnesiac']['forget_acc'])})"
                 for p in bad
