@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, emit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+#: What ``lethe serve`` runs (recorded for the staleness check, bench/provenance.py).
+SERVER_CODE = ("api", "worker", "unlearning_core")
 PG_ADMIN_URL = os.environ.get("LETHE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -221,6 +223,7 @@ def main() -> None:
               f"statuses {ep['statuses']}", file=sys.stderr)
     result["wall_seconds"] = time.perf_counter() - started
     result["load_average_end"] = load_average()
+    result["code_ran"] = list(SERVER_CODE)  # the figures are the server's: its code goes on record
     emit(result, args.out)
 
 

@@ -157,7 +157,9 @@ def stamped(result: dict[str, Any], *, ran: Sequence[str] = ()) -> dict[str, Any
     ``load_average_end``, which only this module can know at the moment of writing.
 
     ``ran``: folders or files of this checkout that processes the bench started ran (see
-    ``code_ran`` in the module doc); their files join ``code``."""
+    ``code_ran`` in the module doc); their files join ``code``. A result that names them in
+    its own ``code_ran`` (a bench writing through ``common.emit``) gets the same."""
+    ran = tuple(ran) or tuple(result.get("code_ran") or ())
     prov = provenance()
     code = {**prov["code"], **ran_files(ran)}
     extra = {"code_ran": list(ran)} if ran else {}

@@ -72,6 +72,8 @@ def test_code_run_by_processes_the_bench_started_is_recorded_and_watched(tmp_pat
     assert "tests/test_faults.py" in code and not any(k.startswith("tests/") and k != "tests/test_faults.py" for k in code)
     assert all(k.endswith(".py") and "__pycache__" not in k for k in code)
     assert prov.staleness(result)["state"] == "current"
+    again = prov.stamped({"benchmark": "x", "code_ran": ["worker"]})  # named by the result itself
+    assert "worker/tasks.py" in again["code"] and again["code_ran"] == ["worker"]
 
     (tmp_path / "svc").mkdir()
     (tmp_path / "svc" / "a.py").write_text("a = 1\n")
