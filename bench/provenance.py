@@ -135,21 +135,24 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def _ran_paths(ran: Sequence[str], root: Path) -> dict[str, Path]:
+    """``{path relative to root: path}`` of every ``.py`` file under the folders (or the
+    files) ``ran``."""
+    out = {}
+    for entry in ran:
+        base = root / entry
+        for path in [base] if base.is_file() else sorted(base.rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if "__pycache__" not in path.parts and path.is_file() and rel not in STAMPING_ONLY:
+                out[rel] = path
+    return out
+
+
 def ran_files(ran: Sequence[str], root: Path = ROOT) -> dict[str, str]:
     """``{path: sha256}`` of every ``.py`` file under the folders (or the files) ``ran``,
     relative to ``root``: the code of processes this one started, which its own imports do
     not show."""
-    out = {}
-    for entry in ran:
-        base = root / entry
-        paths = [base] if base.is_file() else sorted(base.rglob("*.py"))
-        for path in paths:
-            if "__pycache__" in path.parts or not path.is_file():
-                continue
-            rel = path.relative_to(root).as_posix()
-            if rel not in STAMPING_ONLY:
-                out[rel] = _sha256(path)
-    return out
+    return {rel: _sha256(path) for rel, path in _ran_paths(ran, root).items()}
 
 
 def stamped(result: dict[str, Any], *, ran: Sequence[str] = ()) -> dict[str, Any]:
@@ -178,7 +181,7 @@ def staleness(data: dict[str, Any], root: Path = ROOT) -> dict[str, Any]:
     if not isinstance(code, dict) or not code:
         return {"state": "unknown", "changed": [], "missing": [], "added": []}
     ran = data.get("code_ran")
-    added = sorted(set(ran_files(ran, root)) - set(code)) if isinstance(ran, list) else []
+    added = sorted(set(_ran_paths(ran, root)) - set(code)) if isinstance(ran, list) else []
     changed, missing = [], []
     for rel, digest in sorted(code.items()):
         if rel in STAMPING_ONLY:
@@ -205,14 +208,19 @@ def check(results: Path = RESULTS, root: Path = ROOT) -> dict[str, dict[str, Any
     return out
 
 
+def stale_files(state: dict[str, Any]) -> list[str]:
+    """What made a result stale, for people: changed files, then ``(gone)`` and ``(new)``
+    ones (``--check`` and the docs' stale marks)."""
+    return [*state["changed"], *(f"{m} (gone)" for m in state["missing"]), *(f"{a} (new)" for a in state["added"])]
+
+
 def _report(states: dict[str, dict[str, Any]]) -> str:
     lines = []
     for name, s in states.items():
         if s["state"] == "current":
             continue
         if s["state"] == "stale":
-            what = ", ".join([*s["changed"], *(f"{m} (gone)" for m in s["missing"]),
-                              *(f"{a} (new)" for a in s.get("added", []))])
+            what = ", ".join(stale_files(s))
             lines.append(f"stale    {name}.json: its code changed since: {what}")
         elif s["state"] == "unknown":
             lines.append(f"unknown  {name}.json: no code record (written before results kept one); rerun it")

@@ -66,10 +66,10 @@ def _bench_provenance() -> Any:
 
 def staleness_line(data: Mapping[str, Any]) -> str | None:
     """A warning when the code that made a result has changed since (or was not recorded)."""
-    state = _bench_provenance().staleness(dict(data), ROOT)
+    provenance = _bench_provenance()
+    state = provenance.staleness(dict(data), ROOT)
     if state["state"] == "stale":
-        files = [*state["changed"], *(f"{m} (gone)" for m in state["missing"]),
-                 *(f"{a} (new)" for a in state.get("added", []))]
+        files = provenance.stale_files(state)
         shown = ", ".join(f"`{f}`" for f in files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
         return f"**stale**: code this result ran has changed since it was written ({shown}); rerun the benchmark"
     if state["state"] == "unknown":
